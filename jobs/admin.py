@@ -1,0 +1,49 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.models import InvalidTransition
+from jobs.models import Job
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "action", "state", "progress", "account", "worker", "created_at", "finished_at")
+    list_filter = ("state", "action", "created_at")
+    search_fields = ("id", "account__username", "account__telegram_user_id", "error")
+    list_select_related = ("account", "worker")
+    date_hierarchy = "created_at"
+    fields = ("id", "account", "worker", "action", "params", "state", "progress", "stage", "message", "result",
+              "error", "error_code", "created_at", "dispatched_at", "started_at", "finished_at", "updated_at",
+              "progress_message_id")
+    readonly_fields = fields
+    actions = ["cancel_jobs", "requeue_jobs"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs come from the chat
+
+    @admin.display(description="Job")
+    def short_id(self, job: Job) -> str:
+        return str(job.id)[:8]
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        from jobs.services import cancel_job
+
+        done = sum(1 for job in queryset if _quietly(cancel_job, job))
+        self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)
+
+    @admin.action(description="Requeue selected jobs")
+    def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        from jobs.services import requeue_job
+
+        done = sum(1 for job in queryset if _quietly(requeue_job, job))
+        self.message_user(request, f"Requeued {done} job(s).", messages.SUCCESS)
+
+
+def _quietly(action, job: Job) -> bool:
+    try:
+        action(job)
+        return True
+    except InvalidTransition:
+        return False

@@ -1,0 +1,159 @@
+"""Jobs sent to a user's local worker, with an explicit state machine."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from accounts.models import Account, InvalidTransition
+from workers.models import Worker
+
+
+class JobQuerySet(models.QuerySet):
+    def unfinished(self) -> JobQuerySet:
+        return self.filter(state__in=Job.UNFINISHED)
+
+    def awaiting_worker(self) -> JobQuerySet:
+        return self.filter(state__in=[Job.State.QUEUED, Job.State.DISPATCHED])
+
+
+class Job(models.Model):
+    class Action(models.TextChoices):
+        DESCRIBE = "describe"
+        TRAIN = "train"
+        PREDICT = "predict"
+        LIST_MODELS = "list_models"
+        DELETE_MODEL = "delete_model"
+        AUTOSTART = "autostart"
+
+    class State(models.TextChoices):
+        QUEUED = "queued"  # waiting for the account's worker to be online
+        DISPATCHED = "dispatched"  # sent to the worker, not yet reported as started
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        LOST = "lost"  # the worker went away mid-job and did not come back in time
+
+    TRANSITIONS: dict[str, set[str]] = {
+        State.QUEUED: {State.DISPATCHED, State.CANCELLED, State.FAILED},
+        State.DISPATCHED: {
+            State.QUEUED,
+            State.RUNNING,
+            State.SUCCEEDED,
+            State.FAILED,
+            State.CANCELLED,
+            State.LOST,
+        },
+        State.RUNNING: {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST},
+        # A worker that reconnects after the grace period may still deliver its result.
+        State.LOST: {State.SUCCEEDED, State.FAILED, State.QUEUED},
+        State.FAILED: {State.QUEUED},
+        State.CANCELLED: {State.QUEUED},
+        State.SUCCEEDED: set(),
+    }
+    UNFINISHED = (State.QUEUED, State.DISPATCHED, State.RUNNING)
+    FINISHED = (State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="jobs")
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    params = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    stage = models.CharField(max_length=64, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress_message_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The Telegram message edited in place with this job's progress."
+    )
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["account", "state"]), models.Index(fields=["state", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {str(self.id)[:8]} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in self.FINISHED
+
+    @property
+    def edit_key(self) -> str:
+        """Outbox rows with this key edit the one Telegram message that shows this job."""
+        return f"job:{self.id}"
+
+    def can_move_to(self, new_state: str) -> bool:
+        return new_state in self.TRANSITIONS[self.State(self.state)]
+
+    def _move(self, new_state: str, **fields: Any) -> None:
+        """Change state if allowed; the conditional UPDATE makes concurrent moves safe."""
+        if not self.can_move_to(new_state):
+            raise InvalidTransition(f"job {self.id} cannot go from {self.state} to {new_state}")
+        fields["updated_at"] = timezone.now()
+        updated = Job.objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
+        if updated != 1:
+            raise InvalidTransition(f"job {self.id} changed state concurrently")
+        self.state = new_state
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def mark_dispatched(self, worker: Worker) -> None:
+        self._move(self.State.DISPATCHED, worker=worker, dispatched_at=timezone.now())
+
+    def mark_running(self) -> None:
+        self._move(self.State.RUNNING, started_at=self.started_at or timezone.now())
+
+    def record_progress(self, progress: int, stage: str, message: str) -> None:
+        if self.state == self.State.DISPATCHED:
+            self.mark_running()
+        if self.state != self.State.RUNNING:
+            raise InvalidTransition(f"job {self.id} is {self.state}; progress is only for running jobs")
+        self.progress = max(0, min(100, progress))
+        self.stage = stage[:64]
+        self.message = message[:500]
+        Job.objects.filter(pk=self.pk).update(
+            progress=self.progress, stage=self.stage, message=self.message, updated_at=timezone.now()
+        )
+
+    def succeed(self, result: dict[str, Any]) -> None:
+        self._move(self.State.SUCCEEDED, result=result, progress=100, finished_at=timezone.now())
+
+    def fail(self, error: str, code: str = "") -> None:
+        self._move(self.State.FAILED, error=error[:4000], error_code=code[:32], finished_at=timezone.now())
+
+    def cancel(self) -> None:
+        self._move(self.State.CANCELLED, error_code="cancelled", finished_at=timezone.now())
+
+    def mark_lost(self) -> None:
+        self._move(self.State.LOST, error_code="lost", finished_at=timezone.now())
+
+    def requeue(self) -> None:
+        """Back to the queue: after a reconnect that did not report it, or by an operator."""
+        self._move(
+            self.State.QUEUED,
+            worker=None,
+            dispatched_at=None,
+            started_at=None,
+            finished_at=None,
+            progress=0,
+            stage="",
+            message="",
+            error="",
+            error_code="",
+            result=None,
+        )

@@ -1,0 +1,161 @@
+"""Jobs for local workers: submit, dispatch, progress, results, cancellation, loss.
+
+Everything here is synchronous ORM code; the worker consumer calls it through
+``database_sync_to_async``. Each change the user should see becomes an outbox row with the
+job's edit key, so the bot edits one message in place from "queued" to the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Account, InvalidTransition
+from jobs.models import Job
+from notifications.outbox import enqueue
+from statsbot_site.layer import ring
+from workers.models import Worker, worker_group
+
+logger = logging.getLogger(__name__)
+
+MAX_RESULT_BYTES = 1_000_000
+# Actions whose every step the user follows in one edited message.
+VISIBLE_ACTIONS = {Job.Action.TRAIN, Job.Action.PREDICT, Job.Action.DELETE_MODEL, Job.Action.AUTOSTART,
+                   Job.Action.DESCRIBE, Job.Action.LIST_MODELS}
+
+
+class JobError(Exception):
+    """A job request that cannot be accepted; the message is for the user."""
+
+
+def _announce(job: Job) -> None:
+    """Queue an outbox row that renders the job's current state (coalesced by edit key)."""
+    enqueue(job.account, kind="job", payload={"job_id": str(job.id), "state": job.state}, edit_key=job.edit_key)
+
+
+def submit_job(account: Account, action: str, params: dict[str, Any] | None = None, *, context: str = "") -> Job:
+    """Queue a job for the account's worker and wake it. ``context`` tells the bot how to present results."""
+    if action not in Job.Action.values:
+        raise JobError(f"unknown action {action!r}")
+    with transaction.atomic():
+        job = Job.objects.create(account=account, action=action, params={**(params or {}), "_context": context})
+        _announce(job)
+        ring(worker_group(account.pk), {"type": "jobs.dispatch"})
+    logger.info("job %s (%s) queued for account %s", job.id, action, account.pk)
+    return job
+
+
+def job_frame(job: Job) -> dict[str, Any]:
+    """The ``job`` message of the worker protocol."""
+    params = {k: v for k, v in job.params.items() if not k.startswith("_")}
+    return {"type": "job", "job_id": str(job.id), "action": job.action, "params": params}
+
+
+def claim_for_dispatch(worker: Worker) -> list[dict[str, Any]]:
+    """Mark the account's queued jobs dispatched to ``worker``; returns the frames to send it."""
+    frames = []
+    with transaction.atomic():
+        queued = Job.objects.filter(account_id=worker.account_id, state=Job.State.QUEUED).order_by("created_at")
+        for job in queued.select_for_update(skip_locked=True):
+            job.mark_dispatched(worker)
+            frames.append(job_frame(job))
+    return frames
+
+
+def reconcile_after_reconnect(worker: Worker, running_job_ids: list[str]) -> list[dict[str, Any]]:
+    """After (re)connecting: keep the jobs the worker still runs, and send again those it does not know.
+
+    A job the worker has finished but whose result was not acknowledged is sent again too; the
+    worker answers a duplicate with its stored result.
+    """
+    running = set(running_job_ids)
+    with transaction.atomic():
+        open_jobs = Job.objects.filter(worker=worker, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
+        frames = [job_frame(job) for job in open_jobs if str(job.id) not in running]
+    return frames + claim_for_dispatch(worker)
+
+
+def job_for_worker(worker: Worker, job_id: str) -> Job | None:
+    """The account's job with that id, or None (another account's job is refused like an unknown one)."""
+    try:
+        return Job.objects.select_related("account").get(pk=job_id, account_id=worker.account_id)
+    except (Job.DoesNotExist, ValueError, TypeError):
+        return None
+
+
+def record_progress(job: Job, progress: int, stage: str, message: str) -> None:
+    if job.is_finished:
+        return  # a late progress frame after cancel/loss changes nothing
+    job.record_progress(progress, stage, message)
+    _announce(job)
+
+
+def record_result(job: Job, *, success: bool, data: Any, error: str, error_code: str, size: int) -> None:
+    """Complete the job from the worker's ``result`` frame."""
+    if job.state == Job.State.CANCELLED:
+        return  # the user cancelled; whatever the worker finished is not wanted
+    if job.state == Job.State.SUCCEEDED:
+        return  # a repeat of a result we already have
+    if success and size > MAX_RESULT_BYTES:
+        job.fail(
+            f"The worker's result was {size / 1e6:.1f} MB, over the 1 MB limit. Results carry a sample and "
+            "summary only; update the worker (/connect) if this keeps happening.",
+            "result_too_large",
+        )
+    elif success:
+        if not isinstance(data, dict):
+            job.fail("The worker sent a result without data.", "internal")
+        else:
+            job.succeed(data)
+    else:
+        job.fail(error or "The job failed on the worker without a reason.", error_code or "internal")
+    _announce(job)
+    logger.info("job %s finished: %s", job.id, job.state)
+
+
+def cancel_job(job: Job) -> None:
+    """Cancel now; a running job's worker is told to stop at its next checkpoint."""
+    with transaction.atomic():
+        was_out = job.state in (Job.State.DISPATCHED, Job.State.RUNNING)
+        job.cancel()
+        _announce(job)
+        if was_out:
+            ring(worker_group(job.account_id), {"type": "jobs.cancel", "job_id": str(job.id)})
+
+
+def requeue_job(job: Job) -> None:
+    with transaction.atomic():
+        job.requeue()
+        _announce(job)
+        ring(worker_group(job.account_id), {"type": "jobs.dispatch"})
+
+
+def mark_lost_jobs(grace: float | None = None) -> int:
+    """Jobs whose worker has been away longer than the grace period are lost; the user is told."""
+    grace = settings.JOB_LOST_GRACE if grace is None else grace
+    cutoff = timezone.now() - timedelta(seconds=grace)
+    gone = Q(worker__isnull=True) | Q(worker__revoked_at__isnull=False) | Q(
+        worker__channel_name="", worker__disconnected_at__lte=cutoff
+    )
+    count = 0
+    candidates = Job.objects.filter(state__in=[Job.State.DISPATCHED, Job.State.RUNNING]).filter(gone)
+    for job in candidates.select_related("account"):
+        try:
+            with transaction.atomic():
+                job.mark_lost()
+                _announce(job)
+            count += 1
+        except InvalidTransition:
+            continue  # finished meanwhile
+    return count
+
+
+def result_size(data: Any) -> int:
+    return len(json.dumps(data, separators=(",", ":"), default=str).encode())

@@ -1,0 +1,167 @@
+"""Reading the environment into one checked configuration.
+
+Kept apart from ``settings.py`` so the parsing rules can be tested with any environment.
+Every problem raises ``ImproperlyConfigured`` with the variable's name first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+DEV_SECRET_KEY = "django-insecure-statsbot-development-key-not-for-production"
+# The sandbox emulates Telegram's Bot API; with no token the bot talks to it.
+SANDBOX_BOT_TOKEN = "123456:SANDBOX-statsbot-local-token"
+BOT_TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{10,}$")
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+@dataclass(frozen=True)
+class Config:
+    debug: bool
+    secret_key: str
+    allowed_hosts: list[str]
+    public_url: str
+    csrf_trusted_origins: list[str]
+    database: dict[str, Any]
+    channel_layer: dict[str, Any]
+    telegram_bot_token: str
+    telegram_api_url: str
+    telegram_webhook_secret: str
+    use_sandbox: bool
+    log_level: str
+    media_root: Path
+    disconnect_grace: float
+    lost_job_grace: float
+    heartbeat_grace: float
+
+
+def _fail(name: str, problem: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name}: {problem}")
+
+
+def _read(env: environ.Env, name: str, kind: str, default: Any) -> Any:
+    try:
+        return getattr(env, kind)(name, default=default)
+    except (ValueError, TypeError) as exc:
+        raise _fail(name, f"not a valid {kind} ({exc})") from exc
+
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+def _bool(env: environ.Env, name: str, default: bool) -> bool:
+    raw = env.str(name, default="true" if default else "false").strip().lower()
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise _fail(name, f"{raw!r} is not a boolean; use true/false, on/off, yes/no or 1/0")
+
+
+def _url(name: str, value: str, schemes: set[str]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        allowed = ", ".join(sorted(schemes))
+        raise _fail(name, f"{value!r} is not a URL with one of the schemes {allowed}")
+    return value.rstrip("/")
+
+
+def _database(env: environ.Env, base_dir: Path) -> dict[str, Any]:
+    raw = env.str("DATABASE_URL", default="")
+    if not raw:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": base_dir / "db.sqlite3",
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            "TEST": {"NAME": base_dir / "test-db.sqlite3"},
+        }
+    scheme = urlsplit(raw).scheme
+    if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+        raise _fail("DATABASE_URL", f"unsupported scheme {scheme!r}; use postgres://user@host:port/name")
+    try:
+        config = env.db_url_config(raw)
+    except Exception as exc:  # django-environ raises several kinds on bad URLs
+        raise _fail("DATABASE_URL", f"cannot parse {raw!r} ({exc})") from exc
+    if config["ENGINE"].endswith("postgresql"):
+        config.setdefault("CONN_MAX_AGE", 60)
+        config.setdefault("CONN_HEALTH_CHECKS", True)
+    return config
+
+
+def _channel_layer(env: environ.Env) -> dict[str, Any]:
+    raw = env.str("REDIS_URL", default="")
+    if not raw:
+        return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    url = _url("REDIS_URL", raw, {"redis", "rediss"})
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [url], "capacity": 1000, "expiry": 60},
+    }
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise _fail(name, f"must be a positive number of seconds, not {value}")
+    return value
+
+
+def read_config(env: environ.Env, base_dir: Path) -> Config:
+    debug = _bool(env, "DEBUG", True)
+    secret_key = env.str("SECRET_KEY", default="") or (DEV_SECRET_KEY if debug else "")
+    if not secret_key:
+        raise _fail("SECRET_KEY", "must be set when DEBUG is off")
+    if not debug and (secret_key == DEV_SECRET_KEY or len(secret_key) < 50 or len(set(secret_key)) < 5):
+        raise _fail("SECRET_KEY", "use a random value of at least 50 characters in production")
+
+    default_hosts = ["localhost", "127.0.0.1", "[::1]", "testserver"] if debug else []
+    allowed_hosts = _read(env, "ALLOWED_HOSTS", "list", default_hosts)
+    if not allowed_hosts:
+        raise _fail("ALLOWED_HOSTS", "must list the host names this server answers to when DEBUG is off")
+
+    public_url = _url("PUBLIC_URL", env.str("PUBLIC_URL", default="http://127.0.0.1:8000"), {"http", "https"})
+    if not debug and not public_url.startswith("https://"):
+        raise _fail("PUBLIC_URL", "must be an https:// URL when DEBUG is off (workers connect over wss://)")
+
+    token = env.str("TELEGRAM_BOT_TOKEN", default="")
+    if token and not BOT_TOKEN_RE.match(token):
+        raise _fail("TELEGRAM_BOT_TOKEN", "does not look like a bot token from @BotFather (<digits>:<letters>)")
+    api_url = env.str("TELEGRAM_API_URL", default="")
+    if api_url:
+        api_url = _url("TELEGRAM_API_URL", api_url, {"http", "https"})
+    webhook_secret = env.str("TELEGRAM_WEBHOOK_SECRET", default="")
+    if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", webhook_secret):
+        raise _fail("TELEGRAM_WEBHOOK_SECRET", "may only contain A-Z, a-z, 0-9, _ and - (1-256 characters)")
+
+    log_level = env.str("LOG_LEVEL", default="INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise _fail("LOG_LEVEL", f"must be one of {', '.join(sorted(LOG_LEVELS))}")
+
+    origin = urlsplit(public_url)
+    return Config(
+        debug=debug,
+        secret_key=secret_key,
+        allowed_hosts=allowed_hosts,
+        public_url=public_url,
+        csrf_trusted_origins=[f"{origin.scheme}://{origin.netloc}"],
+        database=_database(env, base_dir),
+        channel_layer=_channel_layer(env),
+        telegram_bot_token=token or SANDBOX_BOT_TOKEN,
+        telegram_api_url=api_url,
+        telegram_webhook_secret=webhook_secret,
+        use_sandbox=not token,
+        log_level=log_level,
+        media_root=Path(env.str("MEDIA_ROOT", default=str(base_dir / "media"))),
+        disconnect_grace=_positive(
+            "WORKER_DISCONNECT_GRACE", _read(env, "WORKER_DISCONNECT_GRACE", "float", 30.0)
+        ),
+        lost_job_grace=_positive("JOB_LOST_GRACE", _read(env, "JOB_LOST_GRACE", "float", 600.0)),
+        heartbeat_grace=_positive("HEARTBEAT_GRACE", _read(env, "HEARTBEAT_GRACE", "float", 60.0)),
+    )

@@ -1,0 +1,47 @@
+"""``/healthz``: the database and the channel layer, checked for real."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _check_layer() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel("healthz.")
+    await layer.send(channel, {"type": "healthz.ping"})
+    message = await asyncio.wait_for(layer.receive(channel), timeout=2)
+    if message.get("type") != "healthz.ping":
+        raise RuntimeError("channel layer returned something else")
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, str] = {}
+    started = time.monotonic()
+    for name, check in (("database", database_sync_to_async(_check_database)), ("channel_layer", _check_layer)):
+        try:
+            await check()
+            checks[name] = "ok"
+        except Exception as exc:
+            logger.warning("healthz: %s failed: %s", name, exc)
+            checks[name] = f"error: {type(exc).__name__}"
+    healthy = all(value == "ok" for value in checks.values())
+    body = {"status": "ok" if healthy else "error", "checks": checks,
+            "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
+    return JsonResponse(body, status=200 if healthy else 503)

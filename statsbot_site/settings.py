@@ -1,0 +1,130 @@
+"""StatsBot settings.
+
+Everything comes from the environment through django-environ (see README, "Configuration").
+With nothing set, the project runs on embedded defaults: SQLite in the project folder and
+the in-memory channel layer, DEBUG on, and the built-in Telegram sandbox instead of Telegram.
+A malformed value stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+from statsbot_site.config import read_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+CONFIG = read_config(env, BASE_DIR)
+
+DEBUG = CONFIG.debug
+SECRET_KEY = CONFIG.secret_key
+ALLOWED_HOSTS = CONFIG.allowed_hosts
+PUBLIC_URL = CONFIG.public_url
+CSRF_TRUSTED_ORIGINS = CONFIG.csrf_trusted_origins
+
+TELEGRAM_BOT_TOKEN = CONFIG.telegram_bot_token
+TELEGRAM_API_URL = CONFIG.telegram_api_url
+TELEGRAM_WEBHOOK_SECRET = CONFIG.telegram_webhook_secret
+TELEGRAM_USE_SANDBOX = CONFIG.use_sandbox
+
+# Seconds: a worker that comes back within this grace sends no "disconnected" notice;
+# a job whose worker stays away this long is marked lost; a tracked process is stalled
+# when no heartbeat came for its interval plus this grace.
+WORKER_DISCONNECT_GRACE = CONFIG.disconnect_grace
+JOB_LOST_GRACE = CONFIG.lost_job_grace
+HEARTBEAT_GRACE = CONFIG.heartbeat_grace
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "workers",
+    "jobs",
+    "notifications",
+    "telegram_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "statsbot_site.urls"
+ASGI_APPLICATION = "statsbot_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": CONFIG.database}
+CHANNEL_LAYERS = {"default": CONFIG.channel_layer}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_ROOT = CONFIG.media_root
+# Uploads to the notify API (logs, plots) are capped; the view checks it too.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 12 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": CONFIG.log_level},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "aiohttp.access": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,220 @@
+"""Connect tokens and the local workers they connect."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Account, InvalidTransition
+from accounts.secrets import hash_secret, new_secret
+
+CONNECT_TOKEN_TTL = timedelta(minutes=5)
+
+
+class ConnectTokenQuerySet(models.QuerySet):
+    def usable(self) -> ConnectTokenQuerySet:
+        return self.filter(used_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class ConnectToken(models.Model):
+    """A one-time token in the ``curl … | python3 - --token=…`` command: 5 minutes, single use."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="connect_tokens")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ConnectTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… for {self.account}"
+
+    @property
+    def state(self) -> str:
+        if self.used_at:
+            return "used"
+        return "expired" if timezone.now() >= self.expires_at else "usable"
+
+    @classmethod
+    def issue(cls, account: Account) -> tuple[ConnectToken, str]:
+        secret = new_secret("sbt")
+        now = timezone.now()
+        token = cls.objects.create(
+            account=account,
+            token_hash=secret.hash,
+            prefix=secret.prefix,
+            created_at=now,
+            expires_at=now + CONNECT_TOKEN_TTL,
+        )
+        return token, secret.raw
+
+    @classmethod
+    def consume(cls, raw: str) -> ConnectToken | None:
+        """The token's row if ``raw`` was usable, now marked used; ``None`` otherwise.
+
+        One conditional UPDATE decides: of two connections racing with the same token,
+        exactly one sees a row updated.
+        """
+        if not raw or len(raw) > 128:
+            return None
+        digest = hash_secret(raw)
+        now = timezone.now()
+        won = cls.objects.usable().filter(token_hash=digest).update(used_at=now) == 1
+        return cls.objects.select_related("account").get(token_hash=digest) if won else None
+
+
+class WorkerQuerySet(models.QuerySet):
+    def live(self) -> WorkerQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+    def online(self) -> WorkerQuerySet:
+        return self.live().exclude(channel_name="")
+
+
+class Worker(models.Model):
+    """A user's machine. One live (not revoked) worker per account; a newer one replaces it."""
+
+    class RevokeReason(models.TextChoices):
+        REPLACED = "replaced", "Replaced by a newer worker"
+        USER = "user", "Disconnected by the user"
+        OPERATOR = "operator", "Revoked by an operator"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workers")
+    machine_id = models.CharField(max_length=64, blank=True)
+    machine_name = models.CharField(max_length=255)
+    platform = models.CharField(max_length=64, blank=True)
+    os_release = models.CharField(max_length=128, blank=True)
+    python_version = models.CharField(max_length=32, blank=True)
+    packages = models.JSONField(default=dict, blank=True)
+    models_available = models.JSONField(default=list, blank=True)
+    worker_version = models.CharField(max_length=32, blank=True)
+    credential_hash = models.CharField(max_length=64, unique=True, editable=False)
+    credential_prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    disconnect_notified_at = models.DateTimeField(null=True, blank=True)
+    channel_name = models.CharField(
+        max_length=255, blank=True, help_text="Channel of the open WebSocket; empty while offline."
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoke_reason = models.CharField(max_length=16, choices=RevokeReason.choices, blank=True)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account"], condition=Q(revoked_at__isnull=True), name="one_live_worker_per_account"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.machine_name} ({self.account})"
+
+    @property
+    def is_online(self) -> bool:
+        return self.revoked_at is None and bool(self.channel_name)
+
+    @property
+    def group_name(self) -> str:
+        return worker_group(self.account_id)
+
+    @classmethod
+    def enroll(cls, account: Account, machine: dict[str, Any]) -> tuple[Worker, str]:
+        """A new live worker for ``account``, replacing the older one; returns it and its raw credential."""
+        secret = new_secret("sbw")
+        with transaction.atomic():
+            for old in cls.objects.live().filter(account=account).select_for_update():
+                old.revoke(cls.RevokeReason.REPLACED)
+            worker = cls(account=account, credential_hash=secret.hash, credential_prefix=secret.prefix)
+            worker.describe_machine(machine)
+            worker.save()
+        return worker, secret.raw
+
+    @classmethod
+    def authenticate(cls, raw_credential: str) -> Worker | None:
+        if not raw_credential or len(raw_credential) > 128:
+            return None
+        return (
+            cls.objects.live()
+            .select_related("account")
+            .filter(credential_hash=hash_secret(raw_credential))
+            .first()
+        )
+
+    def describe_machine(self, machine: dict[str, Any]) -> None:
+        """Copy what the worker reported about its machine (already validated by the consumer)."""
+        self.machine_id = str(machine.get("machine_id", ""))[:64]
+        self.machine_name = str(machine.get("hostname") or "unknown machine")[:255]
+        self.platform = str(machine.get("platform", ""))[:64]
+        self.os_release = str(machine.get("os_release", ""))[:128]
+        self.python_version = str(machine.get("python", ""))[:32]
+        self.worker_version = str(machine.get("worker_version", ""))[:32]
+        packages = machine.get("packages") or {}
+        self.packages = {str(k)[:64]: (str(v)[:32] if v else None) for k, v in list(packages.items())[:50]}
+        self.models_available = [str(m)[:32] for m in (machine.get("models") or [])][:20]
+
+    def mark_connected(self, channel_name: str) -> bool:
+        """Record a new connection. Returns True when the user should hear about it.
+
+        They should on the first connection and after a disconnect notice was sent; a
+        reconnect within the grace period is silent.
+        """
+        if self.revoked_at is not None:
+            raise InvalidTransition("a revoked worker cannot connect")
+        now = timezone.now()
+        announce = self.connected_at is None or self.disconnect_notified_at is not None
+        self.channel_name = channel_name
+        self.connected_at = now
+        self.last_seen_at = now
+        self.disconnected_at = None
+        self.disconnect_notified_at = None
+        self.save()
+        return announce
+
+    def mark_seen(self) -> None:
+        Worker.objects.filter(pk=self.pk).update(last_seen_at=timezone.now())
+
+    def mark_disconnected(self, channel_name: str) -> bool:
+        """The WebSocket ``channel_name`` closed. Ignored when a newer connection already took over."""
+        now = timezone.now()
+        updated = Worker.objects.filter(pk=self.pk, channel_name=channel_name).update(
+            channel_name="", disconnected_at=now, last_seen_at=now
+        )
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def mark_disconnect_notified(self) -> bool:
+        """Claim the "disconnected" notice: True for exactly one caller while the worker stays away."""
+        now = timezone.now()
+        claimed = Worker.objects.filter(
+            pk=self.pk, channel_name="", disconnected_at__isnull=False, disconnect_notified_at__isnull=True
+        ).update(disconnect_notified_at=now)
+        if claimed:
+            self.disconnect_notified_at = now
+        return claimed == 1
+
+    def revoke(self, reason: str) -> None:
+        if self.revoked_at is not None:
+            raise InvalidTransition("this worker is already revoked")
+        self.revoked_at = timezone.now()
+        self.revoke_reason = reason
+        self.save(update_fields=["revoked_at", "revoke_reason"])
+
+
+def worker_group(account_id: int) -> str:
+    """The channel-layer group the account's worker connection listens on."""
+    return f"worker.{account_id}"
