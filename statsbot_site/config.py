@@ -34,6 +34,7 @@ class Config:
     telegram_bot_token: str
     telegram_api_url: str
     telegram_webhook_secret: str
+    telegram_bot_username: str
     use_sandbox: bool
     log_level: str
     media_root: Path
@@ -140,6 +141,10 @@ def read_config(env: environ.Env, base_dir: Path) -> Config:
     if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", webhook_secret):
         raise _fail("TELEGRAM_WEBHOOK_SECRET", "may only contain A-Z, a-z, 0-9, _ and - (1-256 characters)")
 
+    username = env.str("TELEGRAM_BOT_USERNAME", default="" if token else "statsbot_sandbox_bot").lstrip("@")
+    if username and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{3,31}", username):
+        raise _fail("TELEGRAM_BOT_USERNAME", "is not a Telegram bot username (letters, digits, _)")
+
     log_level = env.str("LOG_LEVEL", default="INFO").upper()
     if log_level not in LOG_LEVELS:
         raise _fail("LOG_LEVEL", f"must be one of {', '.join(sorted(LOG_LEVELS))}")
@@ -156,6 +161,7 @@ def read_config(env: environ.Env, base_dir: Path) -> Config:
         telegram_bot_token=token or SANDBOX_BOT_TOKEN,
         telegram_api_url=api_url,
         telegram_webhook_secret=webhook_secret,
+        telegram_bot_username=username,
         use_sandbox=not token,
         log_level=log_level,
         media_root=Path(env.str("MEDIA_ROOT", default=str(base_dir / "media"))),

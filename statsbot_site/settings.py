@@ -29,6 +29,8 @@ TELEGRAM_BOT_TOKEN = CONFIG.telegram_bot_token
 TELEGRAM_API_URL = CONFIG.telegram_api_url
 TELEGRAM_WEBHOOK_SECRET = CONFIG.telegram_webhook_secret
 TELEGRAM_USE_SANDBOX = CONFIG.use_sandbox
+# Used in t.me links (pairing); runbot fills it from getMe when the variable is not set.
+TELEGRAM_BOT_USERNAME = CONFIG.telegram_bot_username
 
 # Seconds: a worker that comes back within this grace sends no "disconnected" notice;
 # a job whose worker stays away this long is marked lost; a tracked process is stalled

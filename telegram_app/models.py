@@ -27,3 +27,22 @@ class BotState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} {self.key}"
+
+
+class IncomingUpdate(models.Model):
+    """An update Telegram POSTed to the webhook, kept until the bot process has handled it.
+
+    Telegram retries a webhook delivery it thinks failed; the unique ``update_id`` makes a
+    repeat harmless.
+    """
+
+    update_id = models.BigIntegerField(unique=True)
+    data = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["update_id"]
+
+    def __str__(self) -> str:
+        return f"update {self.update_id}"

@@ -17,7 +17,7 @@ PROD = {
 
 def config(monkeypatch, **variables):
     for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "PUBLIC_URL",
-                 "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "TELEGRAM_WEBHOOK_SECRET", "LOG_LEVEL",
+                 "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_BOT_USERNAME", "LOG_LEVEL",
                  "WORKER_DISCONNECT_GRACE", "JOB_LOST_GRACE", "HEARTBEAT_GRACE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():

@@ -1,0 +1,458 @@
+"""The outbox sender: the one place that sends bot-initiated messages to Telegram.
+
+A loop claims due rows (atomically: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, an
+IMMEDIATE transaction on SQLite), whole chats at a time so order within a chat is kept even
+with several senders; coalesces them (only the newest row per edit key; bursts of plain
+notices merged into one message); renders them; and sends them within Telegram's limits
+(about 1 message/s per chat with short bursts, about 30/s overall). 429s pause the chat for
+``retry_after``; network errors and 5xx retry with backoff; a blocked user or a missing chat
+stops delivery to that chat; a migrated chat is followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+from telegram import Bot, InputFile
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
+
+from accounts.models import Account, InvalidTransition
+from jobs.models import Job
+from notifications.models import OutboxMessage
+from statsbot_site.layer import OUTBOX_GROUP
+from telegram_app.formatting import CAPTION_LIMIT, TEXT_LIMIT
+from telegram_app.handlers.common import keyboard
+from telegram_app.rendering import FilePart, Rendered, render
+
+logger = logging.getLogger(__name__)
+
+State = OutboxMessage.State
+MERGE_SEPARATOR = "\n\n"
+CLAIM_SCAN = 500
+STALE_CLAIM = timedelta(minutes=5)
+PLAIN_CHUNKS_MAX = 3
+
+
+@dataclass
+class Item:
+    """A claimed row, rendered, with where it goes."""
+
+    message: OutboxMessage
+    rendered: Rendered
+    edit_target: int | None = None
+    merged_ids: list[int] = field(default_factory=list)
+
+
+# Claiming (sync) ----------------------------------------------------------------------------
+
+
+def _pending_by_chat() -> OrderedDict[int, list[OutboxMessage]]:
+    """Pending rows of chats no sender is busy with, oldest chat first, each chat's due prefix."""
+    now = timezone.now()
+    busy = OutboxMessage.objects.filter(state=State.SENDING).values("chat_id")
+    rows = (
+        OutboxMessage.objects.filter(state=State.PENDING, account__blocked_at__isnull=True)
+        .exclude(chat_id__in=busy)
+        .order_by("id")
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        rows = rows.select_for_update(skip_locked=True, of=("self",))
+    chats: OrderedDict[int, list[OutboxMessage]] = OrderedDict()
+    stopped: set[int] = set()
+    for row in rows[:CLAIM_SCAN]:
+        if row.chat_id in stopped:
+            continue
+        if row.next_attempt_at > now:
+            stopped.add(row.chat_id)  # a later row must not overtake one waiting for its retry
+            continue
+        chats.setdefault(row.chat_id, []).append(row)
+    return chats
+
+
+def claim(sender: str, max_chats: int = 20) -> list[OutboxMessage]:
+    with transaction.atomic():
+        chats = _pending_by_chat()
+        ids = [row.pk for rows in list(chats.values())[:max_chats] for row in rows]
+        OutboxMessage.objects.filter(pk__in=ids, state=State.PENDING).update(
+            state=State.SENDING, claimed_by=sender, claimed_at=timezone.now(), attempts=F("attempts") + 1
+        )
+    return list(OutboxMessage.objects.filter(pk__in=ids, state=State.SENDING, claimed_by=sender).order_by("id"))
+
+
+def _supersede(row: OutboxMessage, reason: str) -> None:
+    try:
+        row.supersede(reason)
+    except InvalidTransition:
+        logger.warning("outbox %s changed while being coalesced", row.pk)
+
+
+def _previous_message_id(row: OutboxMessage) -> int | None:
+    if not row.edit_key:
+        return None
+    return (
+        OutboxMessage.objects.filter(
+            chat_id=row.chat_id, edit_key=row.edit_key, state=State.SENT, sent_message_id__isnull=False
+        )
+        .order_by("-id")
+        .values_list("sent_message_id", flat=True)
+        .first()
+    )
+
+
+def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
+    """Coalesce and render claimed rows; returns the items to send, per chat, in order."""
+    newest_by_key = {row.edit_key: row.pk for row in rows if row.edit_key}
+    items: dict[int, list[Item]] = defaultdict(list)
+    for row in rows:
+        if row.edit_key and newest_by_key[row.edit_key] != row.pk:
+            _supersede(row, f"superseded by #{newest_by_key[row.edit_key]}")
+            continue
+        try:
+            rendered = render(row)
+        except Exception as exc:
+            logger.exception("outbox %s (%s) could not be rendered", row.pk, row.kind)
+            row.fail(f"render failed: {type(exc).__name__}: {exc}")
+            continue
+        chat_items = items[row.chat_id]
+        last = chat_items[-1] if chat_items else None
+        if last and last.rendered.mergeable and rendered.mergeable and _fits(last.rendered.text, rendered.text):
+            last.rendered.text += MERGE_SEPARATOR + rendered.text
+            last.merged_ids.append(row.pk)
+            continue
+        chat_items.append(Item(message=row, rendered=rendered, edit_target=_previous_message_id(row)))
+    return items
+
+
+def _fits(first: str, second: str) -> bool:
+    return len(first) + len(MERGE_SEPARATOR) + len(second) <= TEXT_LIMIT
+
+
+def release_stale_claims() -> int:
+    """Rows a crashed sender claimed long ago go back to the queue (at-least-once)."""
+    cutoff = timezone.now() - STALE_CLAIM
+    return OutboxMessage.objects.filter(state=State.SENDING, claimed_at__lt=cutoff).update(
+        state=State.PENDING, claimed_by="", claimed_at=None
+    )
+
+
+# Recording outcomes (sync) -----------------------------------------------------------------------
+
+
+def _record_sent(item: Item, message_id: int | None) -> None:
+    with transaction.atomic():
+        item.message.mark_sent(message_id)
+        for merged in OutboxMessage.objects.filter(pk__in=item.merged_ids, state=State.SENDING):
+            merged.supersede(f"merged into #{item.message.pk}")
+        key = item.message.edit_key
+        if key.startswith("job:") and message_id:
+            Job.objects.filter(pk=key.removeprefix("job:"), progress_message_id__isnull=True).update(
+                progress_message_id=message_id
+            )
+
+
+def _record_text_part(item: Item, message_id: int) -> None:
+    """The text went out but files remain: a retry must not send the text again."""
+    OutboxMessage.objects.filter(pk=item.message.pk).update(sent_message_id=message_id)
+    item.message.sent_message_id = message_id
+
+
+def _release(item: Item) -> None:
+    for row in [item.message, *OutboxMessage.objects.filter(pk__in=item.merged_ids)]:
+        try:
+            row.release()
+        except InvalidTransition:
+            pass
+
+
+def _retry(item: Item, error: str, delay: timedelta) -> None:
+    item.message.retry_later(error, delay)
+    _release_merged(item)
+
+
+def _fail(item: Item, error: str) -> None:
+    item.message.fail(error)
+    _release_merged(item)
+
+
+def _release_merged(item: Item) -> None:
+    """Rows merged into a message that did not go out are delivered on their own later."""
+    for row in OutboxMessage.objects.filter(pk__in=item.merged_ids, state=State.SENDING):
+        row.release()
+
+
+def _stop_chat(chat_id: int, reason: str) -> None:
+    """Telegram will never deliver to this chat (blocked, not found): stop trying."""
+    with transaction.atomic():
+        for account in Account.objects.filter(chat_id=chat_id, blocked_at__isnull=True):
+            account.mark_blocked()
+        OutboxMessage.objects.filter(chat_id=chat_id, state=State.PENDING).update(
+            state=State.FAILED, error=reason[:2000]
+        )
+
+
+def _migrate_chat(old_chat_id: int, new_chat_id: int) -> None:
+    with transaction.atomic():
+        for account in Account.objects.filter(chat_id=old_chat_id):
+            account.move_chat(new_chat_id)
+        OutboxMessage.objects.filter(chat_id=old_chat_id, state__in=[State.PENDING, State.SENDING]).update(
+            chat_id=new_chat_id
+        )
+
+
+# Pacing ---------------------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Token buckets: per chat (burst, then ``chat_rate``/s) and overall (``global_rate``/s)."""
+
+    def __init__(self, chat_rate: float = 1.0, chat_burst: int = 3, global_rate: float = 25.0,
+                 clock=time.monotonic) -> None:
+        self.chat_rate, self.chat_burst, self.global_rate = chat_rate, chat_burst, global_rate
+        self.clock = clock
+        self._chats: dict[int, tuple[float, float]] = {}
+        self._global = (float(global_rate), clock())
+        self._paused_until: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+
+    def pause(self, chat_id: int, seconds: float) -> None:
+        self._paused_until[chat_id] = max(self._paused_until.get(chat_id, 0.0), self.clock() + seconds)
+
+    def paused_for(self, chat_id: int) -> float:
+        return max(0.0, self._paused_until.get(chat_id, 0.0) - self.clock())
+
+    def _take(self, bucket: tuple[float, float], rate: float, burst: float) -> tuple[tuple[float, float], float]:
+        tokens, stamp = bucket
+        now = self.clock()
+        tokens = min(burst, tokens + (now - stamp) * rate)
+        if tokens >= 1:
+            return (tokens - 1, now), 0.0
+        return (tokens, now), (1 - tokens) / rate
+
+    async def acquire(self, chat_id: int) -> None:
+        while True:
+            wait = self.paused_for(chat_id)
+            if not wait:
+                async with self._lock:
+                    chat_bucket = self._chats.get(chat_id, (float(self.chat_burst), self.clock()))
+                    chat_bucket, chat_wait = self._take(chat_bucket, self.chat_rate, self.chat_burst)
+                    self._chats[chat_id] = chat_bucket
+                    if chat_wait == 0:
+                        self._global, global_wait = self._take(self._global, self.global_rate, self.global_rate)
+                        if global_wait == 0:
+                            return
+                        # give the chat token back; wait for the global one
+                        tokens, stamp = self._chats[chat_id]
+                        self._chats[chat_id] = (tokens + 1, stamp)
+                        wait = global_wait
+                    else:
+                        wait = chat_wait
+            await asyncio.sleep(wait)  # pacing, not synchronisation
+
+
+# Sending (async) --------------------------------------------------------------------------------------
+
+
+def _plain(text: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def _chunks(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    chunks = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        cut = cut if cut > limit // 2 else limit
+        chunks.append(text[:cut])
+        text = text[cut:].lstrip("\n")
+    return [*chunks, text] if text else chunks
+
+
+class OutboxSender:
+    def __init__(self, bot: Bot, name: str = "sender", pacer: Pacer | None = None, poll_interval: float = 1.0) -> None:
+        self.bot = bot
+        self.name = name
+        self.pacer = pacer or Pacer()
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; a row claimed when it is set is released, never lost."""
+        doorbell = asyncio.create_task(self._listen_doorbell())
+        try:
+            while not stop.is_set():
+                try:
+                    delivered = await self.run_once(stop)
+                except Exception:
+                    logger.exception("outbox sender %s: a round failed; continuing", self.name)
+                    delivered = 0
+                if not delivered:
+                    await self._sleep(stop)
+        finally:
+            doorbell.cancel()
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _listen_doorbell(self) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        channel = await layer.new_channel("outbox.")
+        await layer.group_add(OUTBOX_GROUP, channel)
+        try:
+            while True:
+                try:
+                    await layer.receive(channel)
+                    self._wake.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.warning("outbox doorbell failed; polling only", exc_info=True)
+                    await asyncio.sleep(self.poll_interval)
+        finally:
+            try:
+                await layer.group_discard(OUTBOX_GROUP, channel)
+            except Exception:
+                logger.debug("could not leave the outbox group", exc_info=True)
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> int:
+        """Claim, coalesce and deliver one batch; returns how many rows were handled."""
+        rows = await database_sync_to_async(claim)(self.name)
+        if not rows:
+            return 0
+        per_chat = await database_sync_to_async(prepare)(rows)
+        await asyncio.gather(*(self._deliver_chat(items, stop) for items in per_chat.values()))
+        return len(rows)
+
+    async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
+        for position, item in enumerate(items):
+            if stop is not None and stop.is_set():
+                for rest in items[position:]:
+                    await database_sync_to_async(_release)(rest)
+                return
+            if not await self._deliver(item):
+                # keep the chat's order: what follows waits for the failed row's retry
+                for rest in items[position + 1:]:
+                    await database_sync_to_async(_release)(rest)
+                return
+
+    async def _deliver(self, item: Item) -> bool:
+        """Send one item. Returns False when the rest of the chat's batch must wait."""
+        chat_id = item.message.chat_id
+        try:
+            message_id = item.message.sent_message_id
+            if message_id is None and item.rendered.text:
+                message_id = await self._send_text(chat_id, item.rendered, item.edit_target)
+                if item.rendered.files:
+                    await database_sync_to_async(_record_text_part)(item, message_id)
+            for part in item.rendered.files:
+                sent = await self._send_file(chat_id, part)
+                message_id = message_id or sent
+            await database_sync_to_async(_record_sent)(item, message_id)
+            return True
+        except RetryAfter as exc:
+            delay = exc.retry_after if isinstance(exc.retry_after, (int, float)) else exc.retry_after.total_seconds()
+            self.pacer.pause(chat_id, float(delay))
+            logger.info("outbox %s: Telegram asks to wait %ss", item.message.pk, delay)
+            await database_sync_to_async(_retry)(item, f"429: retry after {delay}s", timedelta(seconds=float(delay)))
+        except ChatMigrated as exc:
+            logger.info("chat %s migrated to %s", chat_id, exc.new_chat_id)
+            await database_sync_to_async(_migrate_chat)(chat_id, exc.new_chat_id)
+            await database_sync_to_async(_retry)(item, "chat migrated", timedelta(0))
+        except Forbidden as exc:
+            await self._give_up_on_chat(item, f"forbidden: {exc.message}")
+        except BadRequest as exc:
+            if "chat not found" in exc.message.lower():
+                await self._give_up_on_chat(item, f"chat not found: {exc.message}")
+            else:
+                logger.error("outbox %s refused by Telegram: %s", item.message.pk, exc.message)
+                await database_sync_to_async(_fail)(item, f"bad request: {exc.message}")
+                return True  # a broken row must not hold the chat's later messages back
+        except (NetworkError, TelegramError) as exc:  # timeouts, 5xx, connection errors
+            delay = timedelta(seconds=min(300, 2 ** item.message.attempts))
+            logger.warning("outbox %s: %s; retrying in %ss", item.message.pk, exc, delay.seconds)
+            await database_sync_to_async(_retry)(item, f"{type(exc).__name__}: {exc}", delay)
+        return False
+
+    async def _give_up_on_chat(self, item: Item, reason: str) -> None:
+        logger.warning("outbox %s: giving up on chat %s (%s)", item.message.pk, item.message.chat_id, reason)
+        await database_sync_to_async(_fail)(item, reason)
+        await database_sync_to_async(_stop_chat)(item.message.chat_id, reason)
+
+    async def _send_text(self, chat_id: int, rendered: Rendered, edit_target: int | None) -> int:
+        markup = keyboard(rendered.buttons)
+        parse_mode = rendered.parse_mode or None
+        text = rendered.text
+        if len(text) > TEXT_LIMIT:
+            return await self._send_long(chat_id, text if parse_mode is None else _plain(text), markup)
+        if edit_target is not None:
+            await self.pacer.acquire(chat_id)
+            try:
+                await self.bot.edit_message_text(text, chat_id=chat_id, message_id=edit_target, parse_mode=parse_mode,
+                                                 reply_markup=markup, disable_web_page_preview=True)
+                return edit_target
+            except BadRequest as exc:
+                reason = exc.message.lower()
+                if "not modified" in reason:
+                    return edit_target  # identical edit: nothing to change, not an error
+                if "can't parse entities" in reason:
+                    raise
+                if "message to edit not found" not in reason and "can't be edited" not in reason:
+                    raise
+                logger.info("message %s in chat %s cannot be edited; sending a new one", edit_target, chat_id)
+        await self.pacer.acquire(chat_id)
+        try:
+            sent = await self.bot.send_message(chat_id, text, parse_mode=parse_mode, reply_markup=markup,
+                                               disable_web_page_preview=True)
+        except BadRequest as exc:
+            if "can't parse entities" not in exc.message.lower() or parse_mode is None:
+                raise
+            logger.error("chat %s: markup refused (%s); sending as plain text", chat_id, exc.message)
+            await self.pacer.acquire(chat_id)
+            sent = await self.bot.send_message(chat_id, _plain(text), reply_markup=markup,
+                                               disable_web_page_preview=True)
+        return sent.message_id
+
+    async def _send_long(self, chat_id: int, text: str, markup) -> int:
+        chunks = _chunks(text)
+        if len(chunks) > PLAIN_CHUNKS_MAX:
+            await self.pacer.acquire(chat_id)
+            head = await self.bot.send_message(chat_id, chunks[0][: TEXT_LIMIT - 60] + "\n\n📎 Full text attached.")
+            await self._send_file(chat_id, FilePart("document", "message.txt", text.encode(), ""))
+            return head.message_id
+        first = None
+        for index, chunk in enumerate(chunks):
+            await self.pacer.acquire(chat_id)
+            sent = await self.bot.send_message(chat_id, chunk, reply_markup=markup if index == len(chunks) - 1 else None,
+                                               disable_web_page_preview=True)
+            first = first or sent.message_id
+        return first
+
+    async def _send_file(self, chat_id: int, part: FilePart) -> int:
+        await self.pacer.acquire(chat_id)
+        caption = part.caption if len(part.caption) <= CAPTION_LIMIT else part.caption[: CAPTION_LIMIT - 1] + "…"
+        upload = InputFile(part.data, filename=part.filename)
+        if part.kind == "photo":
+            sent = await self.bot.send_photo(chat_id, upload, caption=caption or None, parse_mode=ParseMode.HTML)
+        else:
+            sent = await self.bot.send_document(chat_id, upload, caption=caption or None, parse_mode=ParseMode.HTML)
+        return sent.message_id

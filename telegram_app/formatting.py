@@ -1,0 +1,97 @@
+"""Small helpers for Telegram HTML: escaping, code, progress bars, durations, tables."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def code(value: object) -> str:
+    return f"<code>{esc(value)}</code>"
+
+
+def bold(value: object) -> str:
+    return f"<b>{esc(value)}</b>"
+
+
+def progress_bar(percent: float, width: int = 10) -> str:
+    filled = max(0, min(width, round(percent / 100 * width)))
+    return "▓" * filled + "░" * (width - filled)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    return f"{hours // 24}d {hours % 24}h"
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    return duration((timezone.now() - moment).total_seconds()) + " ago"
+
+
+def number(value: object) -> str:
+    """Metrics and counts the way a person reads them."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        magnitude = abs(value)
+        if magnitude >= 1000:
+            return f"{value:,.0f}"
+        if magnitude >= 1 or magnitude == 0:
+            return f"{value:.3f}".rstrip("0").rstrip(".")
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[object]], width: int = 14, max_chars: int = 2800) -> str:
+    """A monospace table in a <pre> block, cells cut to ``width`` and the whole cut to ``max_chars``."""
+
+    def cell(value: object) -> str:
+        text = number(value) if isinstance(value, (int, float)) else str(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    grid = [[cell(c) for c in columns]] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
+    lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(r)).rstrip() for r in grid]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    text = "\n".join(lines)
+    if len(text) > max_chars:
+        text = text[:max_chars].rsplit("\n", 1)[0] + "\n…"
+    return f"<pre>{esc(text)}</pre>"
+
+
+def since(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M} UTC ({ago(moment)})"
+
+
+def seconds_between(start: datetime | None, end: datetime | None = None) -> float | None:
+    if start is None:
+        return None
+    return ((end or timezone.now()) - start) / timedelta(seconds=1)

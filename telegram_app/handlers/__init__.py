@@ -1,0 +1,87 @@
+"""Every handler of the bot, registered in one place."""
+
+from __future__ import annotations
+
+import html
+import logging
+import warnings
+
+from telegram import BotCommand, Update
+from telegram.constants import ParseMode
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+from telegram.warnings import PTBUserWarning
+
+from telegram_app import callbacks
+from telegram_app.handlers import connect, jobs, models, predict, start, train, worker
+
+logger = logging.getLogger(__name__)
+
+# Our conversations track state per user and chat on purpose: their buttons carry job ids,
+# so they do not need per-message tracking, and PTB's reminder about it is noise.
+warnings.filterwarnings("ignore", message="If 'per_message=False'", category=PTBUserWarning)
+
+COMMANDS = [
+    BotCommand("start", "Status and your notification key"),
+    BotCommand("connect", "Connect your machine as a local worker"),
+    BotCommand("train", "Train a model on a file on your machine"),
+    BotCommand("predict", "Predict with one of your models"),
+    BotCommand("models", "List or delete your models"),
+    BotCommand("jobs", "Recent jobs; cancel a running one"),
+    BotCommand("worker", "Worker status, autostart, disconnect"),
+    BotCommand("status", "Key, worker and running processes"),
+    BotCommand("revoke", "Revoke your notification key"),
+    BotCommand("help", "What I can do"),
+    BotCommand("cancel", "Stop the current step"),
+]
+
+
+async def dismiss(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A Cancel/Keep button outside any conversation: nothing to undo."""
+    await update.callback_query.answer()
+    await update.callback_query.edit_message_text("OK — nothing changed.")
+
+
+async def cancel_outside(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await update.effective_chat.send_message("Nothing to cancel. /help lists what I can do.")
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log every handler failure, and tell the user something went wrong instead of going silent."""
+    logger.error("handler failed for update %s", getattr(update, "update_id", "?"), exc_info=context.error)
+    if isinstance(update, Update) and update.effective_chat is not None:
+        try:
+            await update.effective_chat.send_message(
+                "😵 Something went wrong on our side; it was logged. Please try again, or /cancel.\n"
+                f"<i>{html.escape(type(context.error).__name__)}</i>",
+                parse_mode=ParseMode.HTML,
+            )
+        except Exception:
+            logger.warning("could not tell the user about the failure", exc_info=True)
+
+
+def register(application: Application) -> None:
+    application.add_handler(train.conversation())
+    application.add_handler(predict.conversation())
+    application.add_handler(CommandHandler("start", start.start))
+    application.add_handler(CommandHandler("help", start.help_command))
+    application.add_handler(CommandHandler("status", start.status))
+    application.add_handler(CommandHandler("revoke", start.revoke))
+    application.add_handler(CommandHandler("connect", connect.connect))
+    application.add_handler(CommandHandler("worker", worker.worker))
+    application.add_handler(CommandHandler("models", models.list_models))
+    application.add_handler(CommandHandler("jobs", jobs.list_jobs))
+    application.add_handler(CommandHandler("cancel", cancel_outside))
+    application.add_handler(CallbackQueryHandler(start.help_command, pattern=f"^{callbacks.HELP}$"))
+    application.add_handler(CallbackQueryHandler(start.new_key, pattern=f"^{callbacks.NEW_KEY}$"))
+    application.add_handler(CallbackQueryHandler(connect.connect, pattern=f"^{callbacks.CONNECT}(:replace)?$"))
+    application.add_handler(CallbackQueryHandler(worker.autostart_button, pattern=f"^{callbacks.WORKER_AUTOSTART}"))
+    application.add_handler(CallbackQueryHandler(worker.disconnect_button, pattern=f"^{callbacks.WORKER_DISCONNECT}"))
+    application.add_handler(
+        CallbackQueryHandler(models.ask_delete, pattern=callbacks.pattern(callbacks.MODEL_DELETE))
+    )
+    application.add_handler(
+        CallbackQueryHandler(models.confirm_delete, pattern=callbacks.pattern(callbacks.MODEL_DELETE_YES))
+    )
+    application.add_handler(CallbackQueryHandler(jobs.cancel_button, pattern=callbacks.pattern(callbacks.JOB_CANCEL)))
+    application.add_handler(CallbackQueryHandler(dismiss, pattern=f"^{callbacks.CANCEL}$"))
+    application.add_error_handler(on_error)

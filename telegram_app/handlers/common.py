@@ -1,0 +1,52 @@
+"""Pieces every handler uses: replying to a message or a button tap alike, and /cancel."""
+
+from __future__ import annotations
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ParseMode
+from telegram.ext import ContextTypes, ConversationHandler
+
+from telegram_app import callbacks
+from telegram_app.rendering import Buttons
+
+
+def keyboard(rows: Buttons) -> InlineKeyboardMarkup | None:
+    if not rows:
+        return None
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(**button) for button in row] for row in rows]
+    )
+
+
+async def reply(update: Update, text: str, buttons: Buttons | None = None, *, edit: bool = False) -> None:
+    """Answer a command or a button tap. ``edit`` replaces the tapped message instead of adding one."""
+    markup = keyboard(buttons or [])
+    query = update.callback_query
+    if query is not None:
+        await query.answer()
+        if edit and query.message is not None:
+            await query.edit_message_text(text, parse_mode=ParseMode.HTML, reply_markup=markup,
+                                          disable_web_page_preview=True)
+            return
+    await update.effective_chat.send_message(text, parse_mode=ParseMode.HTML, reply_markup=markup,
+                                             disable_web_page_preview=True)
+
+
+CONNECT_BUTTON = {"text": "🔌 Connect Local Worker", "callback_data": callbacks.CONNECT}
+
+
+async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    """``/cancel`` (or a Cancel button) in any conversation."""
+    context.user_data.clear()
+    await reply(update, "Cancelled. Nothing was started. /help lists what I can do.", edit=update.callback_query is not None)
+    return ConversationHandler.END
+
+
+async def no_worker(update: Update) -> int:
+    await reply(
+        update,
+        "🖥️ No local worker is connected.\n\nTraining and prediction run on your own machine, on files that "
+        "never leave it. Connect it first — it takes one command:",
+        [[CONNECT_BUTTON]],
+    )
+    return ConversationHandler.END

@@ -1,0 +1,93 @@
+"""/predict: pick a model on the worker (or tap "Predict with this model"), send a path, get a sample back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telegram import Update
+from telegram.ext import (
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    ConversationHandler,
+    MessageHandler,
+)
+
+from jobs.models import Job
+from telegram_app import callbacks, store
+from telegram_app.formatting import bold, code
+from telegram_app.handlers.common import cancel, no_worker, reply
+from telegram_app.handlers.train import NOT_CANCEL, check_path
+
+PICK, PATH = range(2)
+
+
+async def begin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    account = await store.account_for(update)
+    if await store.online_worker(account) is None:
+        return await no_worker(update)
+    await store.submit_job(account, Job.Action.LIST_MODELS, {}, context="predict")
+    return PICK
+
+
+async def _model_from(update: Update) -> dict[str, Any] | None:
+    """The model a tapped button refers to: an entry of a model list, or a trained model."""
+    prefix, job_id, index = callbacks.parse_job_ref(update.callback_query.data)
+    account = await store.account_for(update)
+    job = await store.get_job(account, job_id)
+    if job is None or job.state != Job.State.SUCCEEDED:
+        return None
+    if prefix == callbacks.PREDICT_WITH:
+        return job.result
+    models = job.result.get("models", [])
+    return models[index] if index is not None and index < len(models) else None
+
+
+async def pick_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    account = await store.account_for(update)
+    if await store.online_worker(account) is None:
+        await update.callback_query.answer()
+        return await no_worker(update)
+    model = await _model_from(update)
+    if model is None or not model.get("model_id"):
+        await update.callback_query.answer("That model list is out of date; send /predict again.", show_alert=True)
+        return ConversationHandler.END
+    context.user_data["predict"] = {"model_id": model["model_id"]}
+    await reply(
+        update,
+        f"🔮 Model {code(model['model_id'])}\n\nSend the path of the file to predict on (CSV, Parquet or Excel, "
+        f"with the same columns as the training data), for example {code('~/data/new_rows.csv')}.\n\n/cancel to stop.",
+    )
+    return PATH
+
+
+async def receive_path(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    problem = check_path(update.message.text)
+    if problem:
+        await reply(update, f"❌ {problem}")
+        return PATH
+    state = context.user_data.pop("predict", {})
+    account = await store.account_for(update)
+    await store.submit_job(
+        account,
+        Job.Action.PREDICT,
+        {"model_id": state.get("model_id"), "file_path": update.message.text.strip().strip("'\"")},
+        context="predict",
+    )
+    await reply(update, f"🔮 Predicting with {bold(state.get('model_id', '?'))} — progress follows below.")
+    return ConversationHandler.END
+
+
+def conversation() -> ConversationHandler:
+    pick = [
+        CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_PICK)),
+        CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_WITH)),
+    ]
+    return ConversationHandler(
+        entry_points=[CommandHandler("predict", begin), *pick],
+        states={PICK: pick, PATH: [MessageHandler(NOT_CANCEL, receive_path)]},
+        fallbacks=[CommandHandler("cancel", cancel), CallbackQueryHandler(cancel, pattern=f"^{callbacks.CANCEL}$")],
+        name="predict",
+        persistent=True,
+        allow_reentry=True,
+    )

@@ -1,0 +1,154 @@
+"""/start (with pairing codes), /help, /status, /revoke and the key buttons."""
+
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from telegram import Update
+from telegram.ext import ContextTypes
+
+from notifications import services as notification_services
+from telegram_app import callbacks, store
+from telegram_app.formatting import ago, bold, code, esc, since
+from telegram_app.handlers.common import CONNECT_BUTTON, reply
+
+logger = logging.getLogger(__name__)
+
+HELP = f"""🤖 {bold("StatsBot")} — train and predict on your own machine, and follow your experiments.
+
+{bold("Local worker")}
+/connect — connect this chat to a machine (one command)
+/worker — worker status · /worker autostart · /worker autostart off · /worker disconnect
+/train — train a model on a file on your machine
+/predict — predict with one of your models
+/models — list or delete your models
+/jobs — recent jobs; cancel a running one
+
+{bold("Experiment notifications")}
+/status — your key, worker and running processes
+/revoke — revoke your notification key (and issue a new one)
+
+/cancel — stop what you are doing · /help — this message
+
+Your data never leaves your machine: the worker sends back only metrics, small samples and file paths."""
+
+
+def worker_section(worker) -> str:
+    if worker is None:
+        return (
+            f"🖥️ {bold('Local worker')}: ❌ Not connected\n"
+            "Train and predict on files that never leave your computer."
+        )
+    if worker.is_online:
+        return f"🖥️ {bold('Local worker')}: ✅ Connected: {bold(worker.machine_name)}"
+    return (
+        f"🖥️ {bold('Local worker')}: 💤 {bold(worker.machine_name)} is offline (last seen {ago(worker.last_seen_at)}).\n"
+        f"Start it again with {code('python3 ~/.statsbot/statsbot_worker.py')}"
+    )
+
+
+def key_section(key, new_key: str | None) -> str:
+    title = f"🔔 {bold('Experiment notifications')}"
+    if new_key:
+        return (
+            f"{title}\nYour key — shown only this once, keep it secret:\n{code(new_key)}\n\n"
+            f"Use it from Python: {code('pip install experiment-bot')} then\n"
+            f"{code('EXPERIMENT_BOT_KEY=' + new_key[:8] + '…')} or run {code('experiment_bot.setup()')}."
+        )
+    if key is None:
+        return f"{title}\nNo active key. Tap below to issue one."
+    return (
+        f"{title}\nKey {code(key.prefix + '…')} is active (last used {ago(key.last_used_at)}).\n"
+        "Lost it? /revoke issues a new one."
+    )
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if context.args and context.args[0].startswith("pair_"):
+        await pair(update, context.args[0].removeprefix("pair_"))
+        return
+    info = await store.overview(update)
+    name = esc(update.effective_user.first_name or "there")
+    greeting = f"👋 Welcome to StatsBot, {name}!" if info.created else f"👋 Hi again, {name}."
+    text = "\n\n".join([greeting, worker_section(info.worker), key_section(info.key, info.new_key),
+                        "/help lists everything I can do."])
+    buttons = []
+    if info.worker is None or not info.worker.is_online:
+        buttons.append([CONNECT_BUTTON])
+    if info.key is None:
+        buttons.append([{"text": "🔑 Issue a key", "callback_data": callbacks.NEW_KEY}])
+    await reply(update, text, buttons)
+
+
+async def pair(update: Update, code_: str) -> None:
+    """``/start pair_<code>``: the user tapped the link ``experiment_bot.setup()`` printed."""
+    account = await store.account_for(update)
+    outcome = await database_sync_to_async(notification_services.confirm_pairing)(account, code_)
+    if isinstance(outcome, str):
+        await reply(update, f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link.")
+        return
+    await reply(
+        update,
+        f"✅ {bold('Paired!')} Your script receives key {code(outcome.prefix + '…')} now and saves it to .env.\n"
+        "Any previous key was revoked.",
+    )
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await reply(update, HELP)
+
+
+async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    account = await store.account_for(update)
+    key = await store.active_key(account)
+    worker = await store.live_worker(account)
+    tree = await database_sync_to_async(notification_services.process_tree)(account)
+    running = await store.running_job_count(account)
+    lines = [f"📊 {bold('Status')}", ""]
+    lines.append(f"🔑 Key: {code(key.prefix + '…') + ' active' if key else 'none — /revoke to issue one'}")
+    if worker and worker.is_online:
+        lines.append(f"🖥️ Worker: ✅ {bold(worker.machine_name)} · connected since {since(worker.connected_at)}")
+    elif worker:
+        lines.append(f"🖥️ Worker: 💤 {bold(worker.machine_name)} offline · last seen {ago(worker.last_seen_at)}")
+    else:
+        lines.append("🖥️ Worker: ❌ not connected (/connect)")
+    lines.append(f"⚙️ Jobs waiting or running: {running}")
+    lines += ["", f"🧪 {bold('Running processes')}"]
+    lines += _tree_lines(tree) or ["none"]
+    await reply(update, "\n".join(lines))
+
+
+def _tree_lines(nodes: list[dict], depth: int = 0) -> list[str]:
+    lines = []
+    for node in nodes:
+        indent = "    " * depth + ("↳ " if depth else "")
+        tags = f" [{esc(', '.join(node.get('tags') or []))}]" if node.get("tags") else ""
+        progress = f" · {node['progress']}" if node.get("progress") else ""
+        state = " · ⏸️ stalled" if node.get("state") == "stalled" else ""
+        lines.append(f"{indent}{node.get('tag_emoji', '')} {bold(node.get('name', '?'))}{tags}{progress}"
+                     f" · {esc(node.get('runtime', ''))}{state}")
+        lines += _tree_lines(node.get("children") or [], depth + 1)
+    return lines
+
+
+async def revoke(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    account = await store.account_for(update)
+    key = await store.revoke_key(account)
+    button = [[{"text": "🔑 Issue a new key", "callback_data": callbacks.NEW_KEY}]]
+    if key is None:
+        await reply(update, "You have no active key.", button)
+        return
+    logger.info("account %s revoked key %s", account.pk, key.prefix)
+    await reply(update, f"🔒 Key {code(key.prefix + '…')} is revoked. Scripts using it can no longer send.", button)
+
+
+async def new_key(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    account = await store.account_for(update)
+    _, raw = await store.issue_key(account)
+    await reply(
+        update,
+        f"🔑 Your new key — shown only this once, keep it secret:\n{code(raw)}\n\n"
+        f"Put it in your project's .env as {code('EXPERIMENT_BOT_KEY=…')}, or run {code('experiment_bot.setup()')}.",
+        edit=True,
+    )

@@ -1,0 +1,62 @@
+"""Turning outbox rows into what Telegram shows.
+
+Domain apps write facts (``OutboxMessage.kind`` + ``payload``); this package renders each
+kind to HTML text, inline buttons and files. The sender (``telegram_app.delivery``) is the
+only caller: it renders a row just before sending, so a coalesced progress row always shows
+the latest state from the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from notifications.models import OutboxMessage
+
+Buttons = list[list[dict[str, str]]]  # rows of {"text", "callback_data" | "url"}
+
+
+@dataclass
+class FilePart:
+    kind: str  # "photo" | "document"
+    filename: str
+    data: bytes
+    caption: str = ""  # HTML, ≤ 1024 characters after parsing
+
+
+@dataclass
+class Rendered:
+    """One outbox row as Telegram calls: a text message (sent, or edited when the row has an
+    edit key with an earlier message) followed by files sent as new messages."""
+
+    text: str = ""
+    buttons: Buttons = field(default_factory=list)
+    files: list[FilePart] = field(default_factory=list)
+    parse_mode: str = "HTML"
+    mergeable: bool = False  # plain notices a burst may merge into one message
+
+
+Renderer = Callable[[OutboxMessage], Rendered]
+_RENDERERS: dict[str, Renderer] = {}
+
+
+def renderer(kind: str) -> Callable[[Renderer], Renderer]:
+    def register(func: Renderer) -> Renderer:
+        _RENDERERS[kind] = func
+        return func
+
+    return register
+
+
+def render(message: OutboxMessage) -> Rendered:
+    _load_renderers()
+    try:
+        func = _RENDERERS[message.kind]
+    except KeyError:
+        raise LookupError(f"no renderer for outbox kind {message.kind!r}") from None
+    return func(message)
+
+
+def _load_renderers() -> None:
+    # Each module registers its kinds on import.
+    from telegram_app.rendering import jobs, notify, plain, workers  # noqa: F401

@@ -1,0 +1,182 @@
+"""Everything ``manage.py runbot`` runs, in one asyncio loop.
+
+- the Telegram sandbox, when no ``TELEGRAM_BOT_TOKEN`` is set (and no ``TELEGRAM_API_URL``);
+- the bot (python-telegram-bot): long polling, or updates from the webhook view's table;
+- the outbox sender and the periodic sweeps;
+- unless ``web`` is off, the ASGI app (HTTP + worker WebSockets) served by uvicorn.
+
+Tests start a ``BotRuntime`` in-process exactly as the command does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import uvicorn
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+from telegram import Update
+from telegram.ext import Application, ApplicationBuilder
+
+from telegram_app.delivery import OutboxSender
+from telegram_app.handlers import COMMANDS, register
+from telegram_app.models import IncomingUpdate
+from telegram_app.persistence import DjangoPersistence
+from telegram_app.sweeps import run_sweeps
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_GROUP = "telegram.updates"
+MAX_WS_MESSAGE = 1024 * 1024  # as daphne: worker frames stay far below it
+
+
+@dataclass
+class RunOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web: bool = True
+    webhook: bool = False
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = 8081
+    sweep_interval: float = 5.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our loop: the runtime, not uvicorn, owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class BotRuntime:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.stop_event = asyncio.Event()
+        self.sandbox = None
+        self.application: Application | None = None
+        self.web_server: _EmbeddedServer | None = None
+        self.sender: OutboxSender | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    async def start(self) -> None:
+        api_url, file_url = await self._telegram_urls()
+        self.application = self._build_application(api_url, file_url)
+        await self.application.initialize()
+        me = self.application.bot
+        if not settings.TELEGRAM_BOT_USERNAME:
+            settings.TELEGRAM_BOT_USERNAME = me.username
+        await me.set_my_commands(COMMANDS)
+        await self.application.start()
+        if self.options.webhook:
+            await self._start_webhook_mode()
+        else:
+            await self.application.updater.start_polling(allowed_updates=["message", "callback_query"])
+        self.sender = OutboxSender(self.application.bot)
+        self._tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="outbox-sender"))
+        self._tasks.append(
+            asyncio.create_task(run_sweeps(self.stop_event, self.options.sweep_interval), name="sweeps")
+        )
+        if self.options.web:
+            await self._start_web()
+        logger.info("bot @%s running (%s)", me.username, "webhook" if self.options.webhook else "polling")
+
+    async def _telegram_urls(self) -> tuple[str | None, str | None]:
+        if settings.TELEGRAM_API_URL:
+            api = settings.TELEGRAM_API_URL
+            return api, api[: -len("/bot")] + "/file/bot" if api.endswith("/bot") else api
+        if not settings.TELEGRAM_USE_SANDBOX:
+            return None, None  # the real Telegram
+        from telegram_app.sandbox import SandboxServer
+
+        self.sandbox = SandboxServer(token=settings.TELEGRAM_BOT_TOKEN, bot_username=settings.TELEGRAM_BOT_USERNAME)
+        await self.sandbox.start(self.options.sandbox_host, self.options.sandbox_port)
+        return self.sandbox.api_base_url, self.sandbox.file_base_url
+
+    def _build_application(self, api_url: str | None, file_url: str | None) -> Application:
+        builder = ApplicationBuilder().token(settings.TELEGRAM_BOT_TOKEN).persistence(DjangoPersistence())
+        if api_url:
+            builder = builder.base_url(api_url).base_file_url(file_url)
+        if self.options.webhook:
+            builder = builder.updater(None)
+        application = builder.build()
+        register(application)
+        return application
+
+    async def _start_web(self) -> None:
+        from statsbot_site.asgi import application
+
+        config = uvicorn.Config(
+            application,
+            host=self.options.host,
+            port=self.options.port,
+            lifespan="off",
+            ws_max_size=MAX_WS_MESSAGE,
+            log_level="warning",
+            access_log=False,
+        )
+        self.web_server = _EmbeddedServer(config)
+        self._tasks.append(asyncio.create_task(self.web_server.serve(), name="web"))
+        while not self.web_server.started:
+            if self._tasks[-1].done():
+                await self._tasks[-1]  # raises the reason it could not start (port taken…)
+                raise RuntimeError(f"the web server on {self.web_url} stopped at start")
+            await asyncio.sleep(0.05)
+
+    async def _start_webhook_mode(self) -> None:
+        url = f"{settings.PUBLIC_URL}/telegram/webhook/"
+        await self.application.bot.set_webhook(
+            url, secret_token=settings.TELEGRAM_WEBHOOK_SECRET or None, allowed_updates=["message", "callback_query"]
+        )
+        logger.info("webhook set to %s", url)
+        self._tasks.append(asyncio.create_task(self._drain_webhook_updates(), name="webhook-updates"))
+
+    async def _drain_webhook_updates(self) -> None:
+        """Feed updates the webhook view stored into the application, oldest first."""
+        layer = get_channel_layer()
+        channel = await layer.new_channel("updates.")
+        await layer.group_add(WEBHOOK_GROUP, channel)
+        while not self.stop_event.is_set():
+            for data in await database_sync_to_async(_claim_incoming_updates)():
+                await self.application.update_queue.put(Update.de_json(data, self.application.bot))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(layer.receive(channel), timeout=1.0)
+
+    async def stop(self) -> None:
+        """Stop everything; claimed outbox rows are released by the sender, never lost."""
+        self.stop_event.set()
+        if self.web_server is not None:
+            self.web_server.should_exit = True
+        for task in self._tasks:
+            if task.get_name() == "webhook-updates":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.application is not None:
+            if self.application.updater and self.application.updater.running:
+                await self.application.updater.stop()
+            if self.application.running:
+                await self.application.stop()
+            await self.application.shutdown()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+
+    async def run_until_stopped(self) -> None:
+        await self.start()
+        await self.stop_event.wait()
+
+
+def _claim_incoming_updates(limit: int = 100) -> list[dict]:
+    updates = list(IncomingUpdate.objects.filter(processed_at__isnull=True).order_by("update_id")[:limit])
+    IncomingUpdate.objects.filter(pk__in=[u.pk for u in updates], processed_at__isnull=True).update(
+        processed_at=timezone.now()
+    )
+    return [u.data for u in updates]

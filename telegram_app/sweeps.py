@@ -1,0 +1,60 @@
+"""Periodic sweeps run by ``runbot``: disconnect notices, lost jobs, stalled processes, expiries.
+
+Each sweep is a plain sync function elsewhere; this loop calls them in turn and never lets
+one failure stop the others or the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from jobs.services import mark_lost_jobs
+from notifications import services as notification_services
+from telegram_app.delivery import release_stale_claims
+from workers.models import ConnectToken
+from workers.services import announce_disconnects
+
+logger = logging.getLogger(__name__)
+
+
+def delete_old_connect_tokens() -> int:
+    """Connect tokens are useless a few minutes after issue; keep a day for the operators."""
+    deleted, _ = ConnectToken.objects.filter(expires_at__lt=timezone.now() - timedelta(days=1)).delete()
+    return deleted
+
+
+SWEEPS: list[tuple[str, Callable[[], int]]] = [
+    ("disconnect notices", announce_disconnects),
+    ("lost jobs", mark_lost_jobs),
+    ("stalled processes", notification_services.mark_stalled_processes),
+    ("expired pairings", notification_services.expire_pairings),
+    ("stale outbox claims", release_stale_claims),
+    ("old connect tokens", delete_old_connect_tokens),
+]
+
+
+def run_sweeps_once() -> dict[str, int]:
+    results = {}
+    for name, sweep in SWEEPS:
+        try:
+            results[name] = sweep()
+            if results[name]:
+                logger.info("sweep %s: %s", name, results[name])
+        except Exception:
+            logger.exception("sweep %s failed; the others go on", name)
+    return results
+
+
+async def run_sweeps(stop: asyncio.Event, interval: float = 5.0) -> None:
+    while not stop.is_set():
+        await database_sync_to_async(run_sweeps_once)()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass

@@ -1,0 +1,64 @@
+"""/start, /help, /status, /revoke and the key buttons, through the sandbox."""
+
+from __future__ import annotations
+
+from accounts.models import Account, ApiKey
+
+
+def test_it_welcomes_a_new_user_with_a_key_and_a_connect_button(running_bot, user):
+    user.send("/start")
+    reply = user.wait_for_message("Welcome to StatsBot, Ann!")
+    text = reply["text"]
+    assert "Local worker: ❌ Not connected" in text
+    key = next(word for word in text.split() if word.startswith("exp_"))
+    account = running_bot.call(Account.objects.get, telegram_user_id=user.user_id)
+    assert running_bot.call(ApiKey.authenticate, key).account_id == account.pk
+    labels = [b["text"] for row in reply["reply_markup"]["inline_keyboard"] for b in row]
+    assert labels == ["🔌 Connect Local Worker"]
+
+
+def test_it_shows_only_the_key_prefix_to_a_returning_user(running_bot, user):
+    user.send("/start")
+    first = user.wait_for_message("Welcome")
+    user.send("/start")
+    again = user.wait_for_message("Hi again, Ann")
+    key = next(word for word in first["text"].split() if word.startswith("exp_"))
+    assert key not in again["text"] and key[:12] in again["text"]
+    assert "is active" in again["text"]
+
+
+def test_it_revokes_the_key_and_issues_a_new_one_on_request(running_bot, user):
+    user.send("/start")
+    first_key = next(w for w in user.wait_for_message("Welcome")["text"].split() if w.startswith("exp_"))
+    user.send("/revoke")
+    user.wait_for_message("is revoked")
+    assert not running_bot.call(ApiKey.authenticate, first_key).is_active
+    user.tap("🔑 Issue a new key")
+    new_text = user.wait_for_edit(user.last_bot_message()["message_id"], "new key")["text"]
+    new_key = next(w for w in new_text.split() if w.startswith("exp_"))
+    assert running_bot.call(ApiKey.authenticate, new_key).is_active
+
+
+def test_it_lists_the_commands(running_bot, user):
+    user.send("/help")
+    text = user.wait_for_message("/train")["text"]
+    for command in ("/connect", "/predict", "/models", "/jobs", "/worker", "/status", "/revoke", "/cancel"):
+        assert command in text
+
+
+def test_it_reports_status_without_a_worker(running_bot, user):
+    user.send("/start")
+    user.wait_for_message("Welcome")
+    user.send("/status")
+    text = user.wait_for_message("Status")["text"]
+    assert "Worker: ❌ not connected" in text and "Running processes" in text
+
+
+def test_it_shows_a_connect_command_with_a_fresh_token(running_bot, user):
+    user.send("/start")
+    user.wait_for_message("Welcome")
+    user.tap("🔌 Connect Local Worker")
+    text = user.wait_for_message("Connect Local Worker")["text"]
+    assert f"curl -sL {running_bot.web_url}/worker | python3 - --token=sbt_" in text
+    assert f"irm {running_bot.web_url}/worker | python - --token=sbt_" in text
+    assert "expires in 5 minutes" in text
