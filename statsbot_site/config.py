@@ -6,6 +6,7 @@ Every problem raises ``ImproperlyConfigured`` with the variable's name first.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ def _database(env: environ.Env, base_dir: Path) -> dict[str, Any]:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": base_dir / "db.sqlite3",
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-            "TEST": {"NAME": base_dir / "test-db.sqlite3"},
+            # A file (not :memory:) so the test server's threads share it; one per test process.
+            "TEST": {"NAME": base_dir / env.str("TEST_DB_NAME", default=f"test-db-{os.getpid()}.sqlite3")},
         }
     scheme = urlsplit(raw).scheme
     if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:

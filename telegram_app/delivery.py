@@ -12,6 +12,7 @@ stops delivery to that chat; a migrated chat is followed.
 from __future__ import annotations
 
 import asyncio
+import enum
 import html
 import logging
 import re
@@ -44,6 +45,12 @@ MERGE_SEPARATOR = "\n\n"
 CLAIM_SCAN = 500
 STALE_CLAIM = timedelta(minutes=5)
 PLAIN_CHUNKS_MAX = 3
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # delivered (or failed for good on its own): the chat's next row may follow
+    WAIT = "wait"  # to be retried: the chat's later rows wait for it
+    CHAT_GONE = "chat_gone"  # the user blocked the bot or the chat is gone: all its rows failed
 
 
 @dataclass
@@ -114,11 +121,12 @@ def _previous_message_id(row: OutboxMessage) -> int | None:
 
 def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
     """Coalesce and render claimed rows; returns the items to send, per chat, in order."""
-    newest_by_key = {row.edit_key: row.pk for row in rows if row.edit_key}
+    newest_by_key = {(row.chat_id, row.edit_key): row.pk for row in rows if row.edit_key}
     items: dict[int, list[Item]] = defaultdict(list)
     for row in rows:
-        if row.edit_key and newest_by_key[row.edit_key] != row.pk:
-            _supersede(row, f"superseded by #{newest_by_key[row.edit_key]}")
+        newest = newest_by_key.get((row.chat_id, row.edit_key), row.pk)
+        if newest != row.pk:
+            _supersede(row, f"superseded by #{newest}")
             continue
         try:
             rendered = render(row)
@@ -198,7 +206,7 @@ def _stop_chat(chat_id: int, reason: str) -> None:
     with transaction.atomic():
         for account in Account.objects.filter(chat_id=chat_id, blocked_at__isnull=True):
             account.mark_blocked()
-        OutboxMessage.objects.filter(chat_id=chat_id, state=State.PENDING).update(
+        OutboxMessage.objects.filter(chat_id=chat_id, state__in=[State.PENDING, State.SENDING]).update(
             state=State.FAILED, error=reason[:2000]
         )
 
@@ -346,17 +354,20 @@ class OutboxSender:
     async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
         for position, item in enumerate(items):
             if stop is not None and stop.is_set():
+                outcome = Outcome.WAIT
+            else:
+                outcome = await self._deliver(item)
+                position += 1
+            if outcome == Outcome.CHAT_GONE:
+                return  # every row of the chat is failed already
+            if outcome == Outcome.WAIT:
+                # keep the chat's order: what follows waits for this row's retry (or the next run)
                 for rest in items[position:]:
                     await database_sync_to_async(_release)(rest)
                 return
-            if not await self._deliver(item):
-                # keep the chat's order: what follows waits for the failed row's retry
-                for rest in items[position + 1:]:
-                    await database_sync_to_async(_release)(rest)
-                return
 
-    async def _deliver(self, item: Item) -> bool:
-        """Send one item. Returns False when the rest of the chat's batch must wait."""
+    async def _deliver(self, item: Item) -> Outcome:
+        """Send one item, and say whether the rest of the chat's batch may follow."""
         chat_id = item.message.chat_id
         try:
             message_id = item.message.sent_message_id
@@ -368,7 +379,7 @@ class OutboxSender:
                 sent = await self._send_file(chat_id, part)
                 message_id = message_id or sent
             await database_sync_to_async(_record_sent)(item, message_id)
-            return True
+            return Outcome.DONE
         except RetryAfter as exc:
             delay = exc.retry_after if isinstance(exc.retry_after, (int, float)) else exc.retry_after.total_seconds()
             self.pacer.pause(chat_id, float(delay))
@@ -379,24 +390,23 @@ class OutboxSender:
             await database_sync_to_async(_migrate_chat)(chat_id, exc.new_chat_id)
             await database_sync_to_async(_retry)(item, "chat migrated", timedelta(0))
         except Forbidden as exc:
-            await self._give_up_on_chat(item, f"forbidden: {exc.message}")
+            return await self._give_up_on_chat(item, f"forbidden: {exc.message}")
         except BadRequest as exc:
             if "chat not found" in exc.message.lower():
-                await self._give_up_on_chat(item, f"chat not found: {exc.message}")
-            else:
-                logger.error("outbox %s refused by Telegram: %s", item.message.pk, exc.message)
-                await database_sync_to_async(_fail)(item, f"bad request: {exc.message}")
-                return True  # a broken row must not hold the chat's later messages back
+                return await self._give_up_on_chat(item, f"chat not found: {exc.message}")
+            logger.error("outbox %s refused by Telegram: %s", item.message.pk, exc.message)
+            await database_sync_to_async(_fail)(item, f"bad request: {exc.message}")
+            return Outcome.DONE  # a broken row must not hold the chat's later messages back
         except (NetworkError, TelegramError) as exc:  # timeouts, 5xx, connection errors
             delay = timedelta(seconds=min(300, 2 ** item.message.attempts))
             logger.warning("outbox %s: %s; retrying in %ss", item.message.pk, exc, delay.seconds)
             await database_sync_to_async(_retry)(item, f"{type(exc).__name__}: {exc}", delay)
-        return False
+        return Outcome.WAIT
 
-    async def _give_up_on_chat(self, item: Item, reason: str) -> None:
+    async def _give_up_on_chat(self, item: Item, reason: str) -> Outcome:
         logger.warning("outbox %s: giving up on chat %s (%s)", item.message.pk, item.message.chat_id, reason)
-        await database_sync_to_async(_fail)(item, reason)
         await database_sync_to_async(_stop_chat)(item.message.chat_id, reason)
+        return Outcome.CHAT_GONE
 
     async def _send_text(self, chat_id: int, rendered: Rendered, edit_target: int | None) -> int:
         markup = keyboard(rendered.buttons)

@@ -16,9 +16,6 @@ from telegram_app.handlers import connect, jobs, models, predict, start, train, 
 
 logger = logging.getLogger(__name__)
 
-# Our conversations track state per user and chat on purpose: their buttons carry job ids,
-# so they do not need per-message tracking, and PTB's reminder about it is noise.
-warnings.filterwarnings("ignore", message="If 'per_message=False'", category=PTBUserWarning)
 
 COMMANDS = [
     BotCommand("start", "Status and your notification key"),
@@ -60,8 +57,12 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(train.conversation())
-    application.add_handler(predict.conversation())
+    with warnings.catch_warnings():
+        # Our conversations track state per user and chat on purpose: their buttons carry job
+        # ids, so they need no per-message tracking, and PTB's reminder about it is noise.
+        warnings.filterwarnings("ignore", message="If 'per_message=False'", category=PTBUserWarning)
+        application.add_handler(train.conversation())
+        application.add_handler(predict.conversation())
     application.add_handler(CommandHandler("start", start.start))
     application.add_handler(CommandHandler("help", start.help_command))
     application.add_handler(CommandHandler("status", start.status))

@@ -46,7 +46,6 @@ async def _model_from(update: Update) -> dict[str, Any] | None:
 async def pick_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     account = await store.account_for(update)
     if await store.online_worker(account) is None:
-        await update.callback_query.answer()
         return await no_worker(update)
     model = await _model_from(update)
     if model is None or not model.get("model_id"):

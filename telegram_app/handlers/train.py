@@ -94,7 +94,6 @@ async def target_tapped(update: Update, context: ContextTypes.DEFAULT_TYPE) -> i
     if job is None or job.state != Job.State.SUCCEEDED or index is None or index >= len(columns):
         await update.callback_query.answer("That list is out of date; send /train to start again.", show_alert=True)
         return TARGET
-    await update.callback_query.answer()
     _state(context).update(describe_job=job_id, path=job.params.get("file_path", ""))
     return await _ask_task(update, context, columns[index])
 

@@ -66,10 +66,11 @@ async def autostart(update: Update, enable: bool) -> None:
         await reply(update, "🖥️ Your worker is not online, so it cannot set this up itself.\n\n" + MANUAL_AUTOSTART)
         return
     await store.submit_job(account, Job.Action.AUTOSTART, {"enable": enable})
+    if update.callback_query is not None:
+        await update.callback_query.answer("Asking your worker…")
 
 
 async def autostart_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await update.callback_query.answer()
     await autostart(update, enable=update.callback_query.data.endswith(":on"))
 
 
@@ -88,7 +89,6 @@ async def ask_disconnect(update: Update) -> None:
 
 async def disconnect_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if update.callback_query.data == callbacks.WORKER_DISCONNECT:
-        await update.callback_query.answer()
         await ask_disconnect(update)
         return
     account = await store.account_for(update)

@@ -1,0 +1,241 @@
+"""The outbox sender against the sandbox: pacing, coalescing, retries, permanent failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from channels.db import database_sync_to_async
+from telegram import Bot
+
+from accounts.models import Account
+from notifications.models import OutboxMessage
+from notifications.outbox import FileToSend, enqueue
+from telegram_app.delivery import OutboxSender, Pacer, claim, prepare
+from telegram_app.sandbox import SandboxDriver, SandboxThread
+
+pytestmark = pytest.mark.django_db(transaction=True)
+State = OutboxMessage.State
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+       b"\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxThread]:
+    with SandboxThread() as running:
+        yield running
+
+
+@pytest.fixture
+def driver(sandbox) -> Iterator[SandboxDriver]:
+    with SandboxDriver(sandbox.url) as sandbox_driver:
+        sandbox_driver.clear_faults()
+        sandbox_driver.reset_stats()
+        yield sandbox_driver
+
+
+_next_user = iter(range(8_000_001, 8_100_000))
+
+
+@pytest.fixture
+def chat(driver):
+    """A sandbox user who has written to the bot, and their account."""
+    user = driver.user(next(_next_user), first_name="Ann")
+    user.send("hello")
+    account, _ = Account.from_telegram(user_id=user.user_id, chat_id=user.user_id, first_name="Ann")
+    return user, account
+
+
+def make_sender(sandbox: SandboxThread, name: str = "sender") -> Callable[[], OutboxSender]:
+    bot = Bot(sandbox.state.token, base_url=sandbox.api_base_url, base_file_url=sandbox.file_base_url)
+    return OutboxSender(bot, name=name, pacer=Pacer(chat_rate=20, chat_burst=20))
+
+
+def drain(sender: OutboxSender, until: Callable[[], bool] = lambda: False, timeout: float = 15) -> None:
+    """Run sender rounds until nothing is left (or ``until`` holds); fails after ``timeout``."""
+
+    def finished() -> bool:
+        return until() or not OutboxMessage.objects.filter(state__in=[State.PENDING, State.SENDING]).exists()
+
+    async def rounds() -> None:
+        async with sender.bot:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                handled = await sender.run_once()
+                if not handled and await database_sync_to_async(finished)():
+                    return
+                if not handled:
+                    await asyncio.sleep(0.05)  # a retry is due later; check again
+        rows = await database_sync_to_async(list)(OutboxMessage.objects.values_list("id", "state", "error"))
+        raise AssertionError(f"outbox not drained in {timeout}s: {rows}")
+
+    asyncio.run(rounds())
+
+
+def bot_texts(user) -> list[str]:
+    return [m.get("text") or m.get("caption") or "" for m in user.bot_messages()]
+
+
+def test_it_sends_a_message_and_records_its_id(sandbox, driver, chat):
+    user, account = chat
+    row = enqueue(account, text="<b>Training</b> started", parse_mode="HTML")
+    drain(make_sender(sandbox))
+    row.refresh_from_db()
+    sent = user.last_bot_message()
+    assert row.state == State.SENT and row.sent_message_id == sent["message_id"]
+    assert sent["text"] == "Training started" and sent["entities"][0]["type"] == "bold"
+
+
+def test_it_edits_one_message_for_rows_sharing_an_edit_key(sandbox, driver, chat):
+    user, account = chat
+    sender = make_sender(sandbox)
+    enqueue(account, text="10%", edit_key="t:1")
+    drain(sender)
+    enqueue(account, text="50%", edit_key="t:1")
+    drain(sender)
+    assert bot_texts(user) == ["50%"]
+    assert user.last_bot_message()["version"] == 2
+
+
+def test_it_sends_only_the_newest_of_pending_rows_with_one_edit_key(sandbox, driver, chat):
+    user, account = chat
+    for percent in (10, 20, 30):
+        enqueue(account, text=f"{percent}%", edit_key="t:2")
+    drain(make_sender(sandbox))
+    assert bot_texts(user) == ["30%"]
+    states = list(OutboxMessage.objects.order_by("id").values_list("state", flat=True))
+    assert states == [State.SUPERSEDED, State.SUPERSEDED, State.SENT]
+    assert driver.stats()["calls"].get("sendMessage") == 1
+
+
+def test_it_treats_an_identical_edit_as_delivered(sandbox, driver, chat):
+    user, account = chat
+    sender = make_sender(sandbox)
+    enqueue(account, text="same", edit_key="t:3")
+    drain(sender)
+    again = enqueue(account, text="same", edit_key="t:3")
+    drain(sender)
+    again.refresh_from_db()
+    assert again.state == State.SENT and bot_texts(user) == ["same"]
+
+
+def test_it_merges_a_burst_of_100_notices_into_few_messages_without_a_429(sandbox, driver, chat):
+    user, account = chat
+    driver.set_flood_control(True)
+    for n in range(100):
+        enqueue(account, text=f"epoch {n} done", parse_mode="HTML")
+    drain(OutboxSender(make_sender(sandbox).bot))  # real pacing: 1/s per chat after a burst of 3
+    texts = "\n".join(bot_texts(user))
+    assert all(f"epoch {n} done" in texts for n in range(100))
+    assert len(bot_texts(user)) <= 3
+    assert driver.stats()["too_many_requests"] == 0
+    assert not OutboxMessage.objects.exclude(state__in=[State.SENT, State.SUPERSEDED]).exists()
+
+
+def test_it_honours_retry_after_and_loses_nothing(sandbox, driver, chat):
+    user, account = chat
+    driver.add_fault("sendMessage", "429", retry_after=1, count=1)
+    for n in range(3):
+        enqueue(account, text=f"message {n}", edit_key=f"n{n}")  # an edit key each: not merged
+    drain(make_sender(sandbox))
+    assert bot_texts(user) == ["message 0", "message 1", "message 2"]
+    first = OutboxMessage.objects.order_by("id").first()
+    assert first.attempts == 2  # the 429, then the send
+
+
+def test_it_retries_server_errors_and_sends_once(sandbox, driver, chat):
+    user, account = chat
+    driver.add_fault("sendMessage", "5xx", count=2)
+    row = enqueue(account, text="after two 502s")
+    drain(make_sender(sandbox), timeout=20)
+    row.refresh_from_db()
+    assert row.state == State.SENT and row.attempts == 3
+    assert bot_texts(user) == ["after two 502s"]
+
+
+def test_it_stops_sending_to_a_user_who_blocked_the_bot(sandbox, driver, chat):
+    user, account = chat
+    user.block()
+    first = enqueue(account, text="one", edit_key="a")
+    second = enqueue(account, text="two", edit_key="b")
+    drain(make_sender(sandbox))
+    first.refresh_from_db()
+    second.refresh_from_db()
+    account.refresh_from_db()
+    assert account.blocked_at is not None
+    assert first.state == State.FAILED and "blocked" in first.error
+    assert second.state == State.FAILED
+    assert driver.stats()["calls"].get("sendMessage") == 1
+
+
+def test_it_falls_back_to_plain_text_when_markup_is_refused(sandbox, driver, chat):
+    user, account = chat
+    row = enqueue(account, text="<b>unclosed & broken", parse_mode="HTML")
+    drain(make_sender(sandbox))
+    row.refresh_from_db()
+    assert row.state == State.SENT
+    assert bot_texts(user) == ["unclosed & broken"]
+
+
+def test_it_splits_a_text_over_the_limit(sandbox, driver, chat):
+    user, account = chat
+    enqueue(account, text="\n".join(f"line {n:05d} " + "x" * 40 for n in range(120)), parse_mode="")
+    drain(make_sender(sandbox))
+    texts = bot_texts(user)
+    assert len(texts) == 2 and all(len(t) <= 4096 for t in texts)
+    assert "line 00000" in texts[0] and "line 00119" in texts[1]
+
+
+def test_it_sends_files_after_the_text(sandbox, driver, chat):
+    user, account = chat
+    enqueue(account, text="Run finished", files=[FileToSend("photo", "chart.png", PNG, "image/png", "Loss"),
+                                                 FileToSend("document", "log.txt", b"all good\n", "text/plain")])
+    drain(make_sender(sandbox))
+    messages = user.bot_messages()
+    assert [bool(m.get("photo")) for m in messages] == [False, True, False]
+    assert messages[1]["caption"] == "Loss" and messages[2]["document"]["file_name"] == "log.txt"
+    assert user.download(messages[2]["document"]["file_id"]) == b"all good\n"
+
+
+def test_it_releases_claimed_rows_when_stopping(sandbox, driver, chat):
+    user, account = chat
+    rows = [enqueue(account, text=f"r{n}", edit_key=f"k{n}") for n in range(2)]
+    sender = make_sender(sandbox)
+    items = prepare(claim("stopping-sender"))
+    stop = asyncio.Event()
+    stop.set()
+    asyncio.run(sender._deliver_chat(items[account.chat_id], stop))
+    for row in rows:
+        row.refresh_from_db()
+        assert row.state == State.PENDING and row.attempts == 0
+    assert bot_texts(user) == []
+
+
+def test_two_senders_never_send_one_message_twice(sandbox, driver, chat):
+    users = [chat[0]] + [driver.user(next(_next_user), first_name="Bo") for _ in range(3)]
+    for user in users[1:]:
+        user.send("hello")
+    for user in users:
+        account, _ = Account.from_telegram(user_id=user.user_id, chat_id=user.user_id)
+        for n in range(10):
+            enqueue(account, text=f"{user.user_id}-{n}", edit_key=f"unique-{n}")
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            drain(make_sender(sandbox, name), timeout=30)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"sender-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    for user in users:
+        assert bot_texts(user) == [f"{user.user_id}-{n}" for n in range(10)]
+    assert driver.stats()["calls"]["sendMessage"] == 40
