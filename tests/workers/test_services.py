@@ -1,0 +1,148 @@
+"""Connect commands, /worker, connecttoken, disconnect notices, lost jobs and the token race."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from accounts.models import Account
+from jobs.models import Job
+from jobs.services import mark_lost_jobs
+from notifications.models import OutboxMessage
+from workers.models import ConnectToken, Worker
+from workers.script import websocket_url
+from workers.services import announce_disconnects, issue_connect_command
+
+pytestmark = pytest.mark.django_db
+
+MACHINE = {"hostname": "ann-laptop", "worker_version": "1.0.0"}
+
+
+def test_it_builds_connect_commands_from_the_public_url(account, settings):
+    settings.PUBLIC_URL = "https://bot.example.com"
+    command = issue_connect_command(account)
+    assert command.unix == f"curl -sL https://bot.example.com/worker | python3 - --token={command.token}"
+    assert command.windows == f"irm https://bot.example.com/worker | python - --token={command.token}"
+    assert ConnectToken.consume(command.token).account == account
+
+
+@pytest.mark.parametrize(
+    ("public_url", "expected"),
+    [
+        ("https://bot.example.com", "wss://bot.example.com/ws/worker/"),
+        ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/ws/worker/"),
+        ("https://example.com/statsbot/", "wss://example.com/statsbot/ws/worker/"),
+    ],
+)
+def test_it_derives_the_websocket_url(public_url, expected):
+    assert websocket_url(public_url) == expected
+
+
+def test_it_serves_the_worker_script_with_the_server_filled_in(client, settings):
+    settings.PUBLIC_URL = "https://bot.example.com"
+    response = client.get("/worker")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/x-python; charset=utf-8"
+    assert response["Cache-Control"] == "public, max-age=300"
+    assert response["X-StatsBot-Worker-Version"] and f'"{response["X-StatsBot-Worker-Version"]}"' in body
+    assert "wss://bot.example.com/ws/worker/" in body and "__STATSBOT_SERVER_URL__" not in body
+    compile(body, "statsbot_worker.py", "exec")
+    assert client.post("/worker").status_code == 405
+
+
+def test_it_prints_a_connect_command_for_an_operator(account, capsys):
+    call_command("connecttoken", str(account.telegram_user_id))
+    out = capsys.readouterr().out
+    assert "curl -sL http://127.0.0.1:8000/worker | python3 - --token=sbt_" in out
+    assert "irm http://127.0.0.1:8000/worker | python - --token=sbt_" in out
+    assert ConnectToken.objects.filter(account=account).count() == 1
+
+
+def test_it_creates_the_account_when_asked(capsys):
+    with pytest.raises(CommandError, match="must /start the bot first"):
+        call_command("connecttoken", "424242")
+    call_command("connecttoken", "424242", "--create")
+    assert Account.objects.filter(telegram_user_id=424242).exists()
+    assert "Created account" in capsys.readouterr().out
+
+
+def _away_worker(account, seconds: float) -> Worker:
+    worker, _ = Worker.enroll(account, MACHINE)
+    worker.mark_connected("chan")
+    worker.mark_disconnected("chan")
+    Worker.objects.filter(pk=worker.pk).update(disconnected_at=timezone.now() - timedelta(seconds=seconds))
+    return Worker.objects.get(pk=worker.pk)
+
+
+def test_it_announces_a_disconnect_once_after_the_grace(account):
+    _away_worker(account, seconds=5)
+    assert announce_disconnects(grace=30) == 0
+    assert announce_disconnects(grace=1) == 1
+    assert announce_disconnects(grace=1) == 0
+    events = list(OutboxMessage.objects.filter(kind="worker").values_list("payload", flat=True))
+    assert [e["event"] for e in events] == ["disconnected"]
+
+
+def test_it_marks_jobs_lost_when_their_worker_stays_away(account, make_account):
+    worker = _away_worker(account, seconds=700)
+    lost = Job.objects.create(account=account, action=Job.Action.TRAIN)
+    lost.mark_dispatched(worker)
+    queued = Job.objects.create(account=account, action=Job.Action.PREDICT)
+    other = make_account()
+    online, _ = Worker.enroll(other, MACHINE)
+    online.mark_connected("other-chan")
+    running = Job.objects.create(account=other, action=Job.Action.TRAIN)
+    running.mark_dispatched(online)
+
+    assert mark_lost_jobs(grace=600) == 1
+    lost.refresh_from_db()
+    queued.refresh_from_db()
+    running.refresh_from_db()
+    assert (lost.state, queued.state, running.state) == (Job.State.LOST, Job.State.QUEUED, Job.State.DISPATCHED)
+    row = OutboxMessage.objects.get(edit_key=lost.edit_key)
+    assert row.payload == {"job_id": str(lost.id), "state": "lost"}
+
+
+def test_it_marks_jobs_of_a_replaced_worker_lost(account):
+    old, _ = Worker.enroll(account, MACHINE)
+    job = Job.objects.create(account=account, action=Job.Action.TRAIN)
+    job.mark_dispatched(old)
+    Worker.enroll(account, {**MACHINE, "hostname": "desktop"})
+    assert mark_lost_jobs(grace=600) == 1
+
+
+def _race(raw: str, contenders: int = 6) -> list[ConnectToken | None]:
+    """``contenders`` threads present ``raw`` at the same moment; returns what each got."""
+    from django.db import connection
+
+    barrier = threading.Barrier(contenders)
+    winners: list[ConnectToken | None] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            winners.append(ConnectToken.consume(raw))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return winners
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_consumes_a_token_once_when_connections_race(account):
+    """The database lets exactly one of many simultaneous connections use a token."""
+    for _ in range(10):
+        _, raw = ConnectToken.issue(account)
+        winners = _race(raw)
+        assert len(winners) == 6
+        assert sum(1 for won in winners if won is not None) == 1
