@@ -12,7 +12,7 @@ import json
 import logging
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -40,7 +40,8 @@ def webhook(request: HttpRequest) -> JsonResponse:
     except (ValueError, KeyError, TypeError):
         return JsonResponse({"error": "not a Telegram update"}, status=400)
     try:
-        IncomingUpdate.objects.create(update_id=update_id, data=data)
+        with transaction.atomic():
+            IncomingUpdate.objects.create(update_id=update_id, data=data)
     except IntegrityError:
         logger.info("webhook: update %s received again; already stored", update_id)
     else:
