@@ -53,7 +53,7 @@ async def begin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
 
 
 async def choose_local(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
-    machine = esc(_state(context).get("machine", "your machine"))
+    machine = _state(context).get("machine", "your machine")
     await reply(
         update,
         f"📁 Send the path of a CSV, Parquet or Excel file on {bold(machine)}, for example\n"

@@ -12,7 +12,7 @@ from workers.models import Worker
 def render_worker_event(message: OutboxMessage) -> Rendered:
     event = message.payload.get("event")
     worker = Worker.objects.filter(pk=message.payload.get("worker_id")).first()
-    machine = esc(worker.machine_name if worker else "your machine")
+    machine = worker.machine_name if worker else "your machine"
     if event == "connected":
         version = f" · worker {esc(worker.worker_version)}" if worker and worker.worker_version else ""
         return Rendered(
@@ -36,4 +36,4 @@ def render_worker_event(message: OutboxMessage) -> Rendered:
                 f"{code('python3 ~/.statsbot/statsbot_worker.py')}"
             )
         )
-    return Rendered(text=f"ℹ️ Local worker {machine}: {esc(event)}")
+    return Rendered(text=f"ℹ️ Local worker {esc(machine)}: {esc(event)}")
