@@ -1,0 +1,138 @@
+"""A user's experiment scripts report to their chat through the experiment_bot library."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from notifications.models import TrackedProcess
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def text_of(message) -> str:
+    return message.get("text") or message.get("caption") or ""
+
+
+@pytest.fixture
+def api_key(running_bot, user) -> str:
+    user.send("/start")
+    welcome = user.wait_for_message("Welcome")
+    return next(word for word in welcome["text"].split() if word.startswith("exp_"))
+
+
+def script_env(running_bot, api_key: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EXPERIMENT_BOT_URL": running_bot.web_url,
+        "EXPERIMENT_BOT_KEY": api_key,
+        "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **extra,
+    }
+
+
+def run_example(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name)], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_it_delivers_a_quick_notification(running_bot, user, api_key):
+    result = run_example("quick_notify.py", script_env(running_bot, api_key))
+    assert result.returncode == 0, result.stderr
+    assert user.wait_for_message(predicate=lambda m: "ℹ️" in text_of(m) or "✅" in text_of(m), timeout=30)
+
+
+def test_it_edits_one_progress_message_and_finishes_with_a_chart(running_bot, user, api_key):
+    result = run_example("progress.py", script_env(running_bot, api_key))
+    assert result.returncode == 0, result.stderr
+    started = user.wait_for_message("training", timeout=30)
+    progress = user.wait_for_message(predicate=lambda m: "%" in text_of(m), timeout=30)
+    final = user.wait_for_edit(progress["message_id"], "100%", timeout=30)
+    assert "100/100" in text_of(final)
+    finished = user.wait_for_message(predicate=lambda m: "finished in" in text_of(m), timeout=30)
+    assert "loss" in text_of(finished)
+    chart = user.wait_for_message(predicate=lambda m: bool(m.get("photo")), timeout=30)
+    assert user.download(chart["photo"][-1]["file_id"]).startswith(b"\x89PNG")
+    progress_messages = [m for m in user.bot_messages() if "%" in text_of(m) and "▓" in text_of(m)]
+    assert len(progress_messages) == 1, "progress must edit one message, not send many"
+    assert started["message_id"] != progress["message_id"]
+
+
+def test_it_reports_a_crash_with_its_traceback(running_bot, user, api_key):
+    result = run_example("crash.py", script_env(running_bot, api_key))
+    assert result.returncode != 0
+    crash = user.wait_for_message(predicate=lambda m: "failed after" in text_of(m), timeout=30)
+    text = text_of(crash)
+    assert "Traceback" in text or "Error" in text
+    assert any(e["type"] == "pre" for e in crash.get("entities", []))
+
+
+def test_it_reports_a_killed_process_as_stalled(running_bot, user, api_key, settings):
+    settings.HEARTBEAT_GRACE = 1
+    script = textwrap.dedent("""
+        import time
+        from experiment_bot import bot
+        with bot.track("doomed run", heartbeat_interval=1):
+            print("started", flush=True)
+            while True:
+                time.sleep(0.5)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], env=script_env(running_bot, api_key),
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "started"
+        user.wait_for_message("doomed run", timeout=30)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        stalled = user.wait_for_message(predicate=lambda m: "no heartbeat" in text_of(m), timeout=30)
+        assert "doomed run" in text_of(stalled)
+        assert running_bot.call(lambda: TrackedProcess.objects.get().state) == TrackedProcess.State.STALLED
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_it_revokes_a_key_so_scripts_can_no_longer_send(running_bot, user, api_key):
+    user.send("/revoke")
+    user.wait_for_message("is revoked")
+    check = textwrap.dedent("""
+        import sys, experiment_bot
+        from experiment_bot.errors import ApiError
+        try:
+            experiment_bot.ExperimentBot().validate()
+        except ApiError as exc:
+            sys.exit(3 if exc.status == 401 else 4)
+    """)
+    result = subprocess.run([sys.executable, "-c", check], env=script_env(running_bot, api_key),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+
+
+def test_it_pairs_a_machine_with_setup_and_a_tap(running_bot, user, api_key, tmp_path):
+    env = script_env(running_bot, api_key)
+    env.pop("EXPERIMENT_BOT_KEY")
+    process = subprocess.Popen([sys.executable, "-c", "import experiment_bot; experiment_bot.setup()"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        link_line = next(line for line in process.stdout if "?start=pair_" in line)
+        code = link_line.split("?start=")[1].split()[0]
+        user.send(f"/start {code}")
+        assert "Paired!" in user.wait_for_message("Paired!")["text"]
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    saved = (tmp_path / ".env").read_text()
+    assert "EXPERIMENT_BOT_KEY=exp_" in saved and oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
+    new_key = saved.split("EXPERIMENT_BOT_KEY=")[1].split()[0]
+    assert new_key != api_key
+    result = run_example("quick_notify.py", {**script_env(running_bot, new_key)})
+    assert result.returncode == 0, result.stderr
