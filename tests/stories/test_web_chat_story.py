@@ -1,0 +1,59 @@
+"""A person tries StatsBot in the sandbox web chat: headless Chromium against the real bot.
+
+Set SAVE_SCREENSHOT=1 to refresh docs/web-chat.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-chat.png"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's /usr/bin/chromium is not installed"),
+]
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_it_starts_and_shows_the_connect_command_in_the_browser(running_bot, page):
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{running_bot.sandbox_url}/")
+    page.fill("#name-input", "Ann")
+    page.click("#start-chat")
+    page.fill("#message-input", "/start")
+    page.press("#message-input", "Enter")
+
+    welcome = page.locator(".message.bot", has_text="Welcome to StatsBot, Ann!")
+    welcome.wait_for()
+    assert "Local worker: ❌ Not connected" in welcome.locator(".text").inner_text()
+    welcome.locator(".inline-button", has_text="Connect Local Worker").click()
+
+    command = page.locator(".message.bot", has_text="Run this in a terminal").last
+    command.locator(".text code").first.wait_for()
+    text = command.locator(".text").inner_text()
+    assert f"curl -sL {running_bot.web_url}/worker | python3 - --token=sbt_" in text
+    assert "Token expires in 5 minutes" in text
+    assert errors == []
+    if os.environ.get("SAVE_SCREENSHOT") == "1":
+        page.screenshot(path=str(SCREENSHOT))
