@@ -199,6 +199,7 @@ class PairingRequest(models.Model):
     key_prefix = models.CharField(max_length=16)
     hostname = models.CharField(max_length=255, blank=True)
     label = models.CharField(max_length=255, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True, help_text="Who started it (rate limits).")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.CASCADE)
     created_at = models.DateTimeField(default=timezone.now)
@@ -208,6 +209,7 @@ class PairingRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["client_ip", "created_at"])]
 
     def __str__(self) -> str:
         return f"pairing {self.code} ({self.state})"

@@ -30,18 +30,24 @@ def progress_bar(percent: float, width: int = 10) -> str:
 
 
 def duration(seconds: float | None) -> str:
+    """12.3s, 45s, 3m, 3m 12s, 1h 5m, 2d 3h; "?" when unknown."""
     if seconds is None:
-        return "—"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
+        return "?"
+    seconds = max(0.0, float(seconds))
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.1f}s"
+    total = int(round(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
     if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
+        return f"{minutes}m" + (f" {secs}s" if secs else "")
     hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    return f"{hours // 24}d {hours % 24}h"
+    if hours < 24:
+        return f"{hours}h" + (f" {minutes}m" if minutes else "")
+    days, hours = divmod(hours, 24)
+    return f"{days}d" + (f" {hours}h" if hours else "")
+
 
 
 def ago(moment: datetime | None) -> str:

@@ -36,6 +36,7 @@ SWEEPS: list[tuple[str, Callable[[], int]]] = [
     ("expired pairings", notification_services.expire_pairings),
     ("stale outbox claims", release_stale_claims),
     ("old connect tokens", delete_old_connect_tokens),
+    ("idempotency records and rate counters", notification_services.prune_bookkeeping),
 ]
 
 

@@ -12,6 +12,7 @@ from notifications import services as notification_services
 from telegram_app import callbacks, store
 from telegram_app.formatting import ago, bold, code, esc, since
 from telegram_app.handlers.common import CONNECT_BUTTON, reply
+from telegram_app.rendering.notify import format_process_tree
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ async def pair(update: Update, code_: str) -> None:
     """``/start pair_<code>``: the user tapped the link ``experiment_bot.setup()`` printed."""
     account = await store.account_for(update)
     outcome = await database_sync_to_async(notification_services.confirm_pairing)(account, code_)
-    if isinstance(outcome, str):
+    if isinstance(outcome, notification_services.PairingRefusal):
         await reply(update, f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link.")
         return
     await reply(
@@ -114,22 +115,8 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         lines.append("🖥️ Worker: ❌ not connected (/connect)")
     lines.append(f"⚙️ Jobs waiting or running: {running}")
-    lines += ["", f"🧪 {bold('Running processes')}"]
-    lines += _tree_lines(tree) or ["none"]
+    lines += ["", f"🧪 {bold('Running processes')}", format_process_tree(tree) if tree else "none"]
     await reply(update, "\n".join(lines))
-
-
-def _tree_lines(nodes: list[dict], depth: int = 0) -> list[str]:
-    lines = []
-    for node in nodes:
-        indent = "    " * depth + ("↳ " if depth else "")
-        tags = f" [{esc(', '.join(node.get('tags') or []))}]" if node.get("tags") else ""
-        progress = f" · {node['progress']}" if node.get("progress") else ""
-        state = " · ⏸️ stalled" if node.get("state") == "stalled" else ""
-        lines.append(f"{indent}{node.get('tag_emoji', '')} {bold(node.get('name', '?'))}{tags}{progress}"
-                     f" · {esc(node.get('runtime', ''))}{state}")
-        lines += _tree_lines(node.get("children") or [], depth + 1)
-    return lines
 
 
 async def revoke(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

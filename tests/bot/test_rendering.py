@@ -88,6 +88,6 @@ def test_it_renders_worker_events(account, event):
 def test_it_formats_numbers_durations_and_tables():
     assert [number(v) for v in (1234567, 0.912345, 12.5, 1234.5, 0.0001234, float("nan"))] == [
         "1,234,567", "0.9123", "12.5", "1,234", "0.0001234", "n/a"]
-    assert [duration(s) for s in (5, 75, 3700, 200000)] == ["5s", "1m 15s", "1h 01m", "2d 7h"]
+    assert [duration(s) for s in (5, 75, 3700, 200000, 2.5)] == ["5s", "1m 15s", "1h 1m", "2d 7h", "2.5s"]
     assert progress_bar(55) == "▓▓▓▓▓▓░░░░"
     assert table(["a", "b"], [[1, "<x>"]]) == "<pre>a  b\n-  ---\n1  &lt;x&gt;</pre>"

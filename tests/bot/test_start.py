@@ -62,3 +62,22 @@ def test_it_shows_a_connect_command_with_a_fresh_token(running_bot, user):
     assert f"curl -sL {running_bot.web_url}/worker | python3 - --token=sbt_" in text
     assert f"irm {running_bot.web_url}/worker | python - --token=sbt_" in text
     assert "expires in 5 minutes" in text
+
+
+def test_it_shows_running_processes_as_a_tree_in_status(running_bot, user):
+    import uuid
+
+    from notifications.services import start_process
+
+    user.send("/start")
+    user.wait_for_message("Welcome")
+    account = running_bot.call(Account.objects.get, telegram_user_id=user.user_id)
+    key = running_bot.call(lambda: account.active_key())
+    parent, child = str(uuid.uuid4()), str(uuid.uuid4())
+    running_bot.call(start_process, key, uuid=parent, name="sweep.py", tags=["grid"])
+    running_bot.call(start_process, key, uuid=child, name="lr=0.1", parent_uuid=parent)
+    user.send("/status")
+    text = user.wait_for_message("Running processes")["text"]
+    lines = text.split("Running processes")[1].strip().splitlines()
+    assert "sweep.py" in lines[0] and "grid" in lines[0]
+    assert lines[1].strip().startswith("↳") and "lr=0.1" in lines[1]

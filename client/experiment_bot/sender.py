@@ -1,0 +1,490 @@
+"""Background delivery: one daemon thread per bot, a bounded queue, retries, flush at exit.
+
+The user's thread only appends to a deque under a lock; everything that can be slow (DNS,
+connecting, a server that is down, 429 pauses) happens on the sender thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable
+
+from .errors import ApiError, TransportError
+from .transport import Transport
+
+log = logging.getLogger("experiment_bot")
+
+#: Priorities: when the queue is full the oldest message of the lowest priority goes first.
+HEARTBEAT = 0  # heartbeats and progress: the next one supersedes them
+NOTE = 1  # plain notify() messages
+CRITICAL = 2  # process start / finish and error notifications: never dropped by the bound
+
+DEFAULT_MAXSIZE = 1000
+#: While a flush waits (e.g. at exit), failed deliveries are retried at least this often.
+HURRY_DELAY = 0.25
+
+
+class Envelope:
+    """One POST to deliver, with its idempotency key (reused on every retry)."""
+
+    __slots__ = ("path", "body", "kind", "priority", "file", "key", "coalesce", "prepare", "extra_fields")
+
+    def __init__(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        kind: str,
+        priority: int,
+        file: tuple[str, bytes, str] | None = None,
+        coalesce: str | None = None,
+        prepare: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        import uuid
+
+        self.path = path
+        self.body = body
+        self.kind = kind
+        self.priority = priority
+        self.file = file
+        self.key = str(uuid.uuid4())
+        self.coalesce = coalesce
+        self.prepare = prepare
+        # Fields added beyond the documented body; stripped and retried once if the server says 400.
+        self.extra_fields: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<Envelope {self.kind} {self.path} key={self.key}>"
+
+
+def merge_heartbeats(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A heartbeat that replaces a queued one: newest progress, newest metrics that exist."""
+    merged = dict(old)
+    if new.get("progress") is not None:
+        merged["progress"] = new["progress"]
+    if new.get("metrics"):
+        merged["metrics"] = new["metrics"]
+        merged["step"] = new.get("step")
+    return merged
+
+
+JSON_LIMIT = 250 * 1024  # the server accepts 256 KiB; keep a margin
+
+
+def _encoded_size(body: dict[str, Any]) -> int:
+    import json
+
+    return len(json.dumps(body, allow_nan=False).encode("utf-8"))
+
+
+def fit_body(body: dict[str, Any], limit: int = JSON_LIMIT) -> None:
+    """Shrink an oversized body so the server does not refuse it (413): metadata goes first,
+    then the middle of a traceback, then the end of a text."""
+    size = _encoded_size(body)
+    if size <= limit:
+        return
+    if body.get("metadata"):
+        body["metadata"] = {"experiment_bot": f"metadata omitted: the message was {size} bytes"}
+        size = _encoded_size(body)
+    for field in ("traceback", "text", "error"):
+        value = body.get(field)
+        if size <= limit or not isinstance(value, str):
+            continue
+        keep = max(0, len(value) - (size - limit) - 200)
+        note = f"\n… {len(value) - keep} characters cut by experiment_bot …\n"
+        body[field] = value[: keep // 4] + note + value[len(value) - (keep - keep // 4) :] if keep else note
+        size = _encoded_size(body)
+
+
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+_exit_callbacks: list[Callable[[], None]] = []
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+
+
+def add_exit_callback(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at interpreter exit just before the queues are flushed."""
+    with _hooks_lock:
+        if callback not in _exit_callbacks:
+            _exit_callbacks.append(callback)
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(_flush_all_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _flush_all_at_exit() -> None:
+    for callback in list(_exit_callbacks):
+        try:
+            callback()
+        except Exception:
+            log.debug("experiment_bot: exit callback failed", exc_info=True)
+    senders = [sender for sender in list(_senders) if sender.pending()]
+    if not senders:
+        return
+    # One shared deadline: several bots never add up their flush timeouts.
+    deadline = time.monotonic() + max(sender.flush_timeout for sender in senders)
+    for sender in senders:
+        sender.flush_at_exit(max(0.0, deadline - time.monotonic()))
+
+
+_mp_registered_pid = 0
+
+
+def _register_multiprocessing_flush() -> None:
+    """A forked multiprocessing worker ends with ``os._exit`` (no atexit): flush through
+    multiprocessing's own exit finalizers instead. Only if the script already uses it."""
+    global _mp_registered_pid
+    if _mp_registered_pid == os.getpid():
+        return
+    _mp_registered_pid = os.getpid()
+    import sys
+
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return
+    try:
+        if multiprocessing.parent_process() is None:
+            return
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, _flush_all_at_exit, exitpriority=100)
+    except Exception:
+        log.debug("experiment_bot: cannot register the multiprocessing exit flush", exc_info=True)
+
+
+def _after_fork_in_child() -> None:
+    for sender in list(_senders):
+        sender.reset_after_fork()
+
+
+class Sender:
+    """Delivers :class:`Envelope` objects in order on one daemon thread."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        maxsize: int = DEFAULT_MAXSIZE,
+        flush_timeout: float = 5.0,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+    ) -> None:
+        self.transport = transport
+        self.maxsize = max(1, int(maxsize))
+        self.flush_timeout = flush_timeout
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.delivered = 0
+        self.dropped = 0
+        self._init_state()
+        _senders.add(self)
+        _install_process_hooks()
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[Envelope] = deque()
+        self._inflight: Envelope | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._stop = False
+        self._hurry = 0
+        self._degraded = False
+        self._key_rejected = False
+        self._unreported_drops = 0
+        self._errors: list[str] = []
+        self._logged: set[Any] = set()
+        self._drop_episode = False
+
+    # ------------------------------------------------------------------ public
+
+    def put(self, envelope: Envelope) -> bool:
+        """Queue a message; never blocks on the network. False when it was refused."""
+        if self._pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork on 3.6)
+            self.reset_after_fork()
+        with self._cond:
+            if self._closed or self._key_rejected:
+                return False
+            if envelope.coalesce is not None and self._degraded and self._coalesce(envelope):
+                self._cond.notify_all()
+                return True
+            if len(self._queue) >= self.maxsize and not self._make_room(envelope):
+                return False
+            self._queue.append(envelope)
+            self._ensure_thread()
+            self._cond.notify_all()
+        return True
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + (1 if self._inflight is not None else 0)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is delivered or dropped; False on timeout."""
+        deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
+        with self._cond:
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._inflight is not None:
+                    if self._thread is None or not self._thread.is_alive():
+                        if not self._ensure_thread():
+                            return False
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._hurry -= 1
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (bounded by ``timeout``), then stop the thread; later messages are refused."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._stop = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(0.5)
+        return done
+
+    def flush_at_exit(self, timeout: float | None = None) -> None:
+        if self._pid != os.getpid() or self._closed:
+            return
+        if not self.pending():
+            return
+        timeout = self.flush_timeout if timeout is None else timeout
+        if not self.flush(timeout):
+            log.warning(
+                "experiment_bot: %d message(s) not delivered before exit: %s did not answer within %.1f s",
+                self.pending(),
+                self.transport.server,
+                timeout,
+            )
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def take_errors(self) -> list[str]:
+        """Descriptions of messages dropped since the last call (used by strict mode)."""
+        with self._cond:
+            errors, self._errors = self._errors, []
+        return errors
+
+    def reset_after_fork(self) -> None:
+        """The child of a fork starts with an empty queue and no thread (the parent sends its own)."""
+        self._init_state()
+
+    # ------------------------------------------------------------------ queue policy (lock held)
+
+    def _coalesce(self, envelope: Envelope) -> bool:
+        for index, queued in enumerate(self._queue):
+            if queued.coalesce == envelope.coalesce:
+                del self._queue[index]
+                envelope.body = merge_heartbeats(queued.body, envelope.body)
+                self._queue.append(envelope)
+                return True
+        return False
+
+    def _make_room(self, envelope: Envelope) -> bool:
+        """Drop the oldest least important message; False if ``envelope`` itself must go."""
+        for priority in (HEARTBEAT, NOTE):
+            if envelope.priority < priority:
+                break
+            for index, queued in enumerate(self._queue):
+                if queued.priority == priority:
+                    del self._queue[index]
+                    self._count_drop(f"queue full: dropped {queued.kind}")
+                    return True
+        if envelope.priority == CRITICAL and len(self._queue) < 2 * self.maxsize:
+            return True  # start/finish/error messages may overflow the soft bound
+        self._count_drop(f"queue full: dropped {envelope.kind}")
+        return False
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped += 1
+        self._unreported_drops += 1
+        self._errors.append(reason)
+        if not self._drop_episode:
+            self._drop_episode = True
+            log.warning(
+                "experiment_bot: more than %d messages waiting for %s; dropping the oldest progress updates",
+                self.maxsize,
+                self.transport.server,
+            )
+
+    def _ensure_thread(self) -> bool:
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        if self._stop:
+            return False
+        thread = threading.Thread(target=self._run, name="experiment-bot-sender", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            log.debug("experiment_bot: cannot start the sender thread", exc_info=True)
+            return False
+        self._thread = thread
+        _register_multiprocessing_flush()
+        return True
+
+    # ------------------------------------------------------------------ sender thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                envelope = self._queue.popleft()
+                self._inflight = envelope
+                reported = self._attach_drop_report(envelope)
+            try:
+                delivered = self._deliver(envelope)
+            except Exception:  # a bug must never kill the thread
+                log.exception("experiment_bot: unexpected error while sending %s; dropped", envelope.kind)
+                delivered = False
+            with self._cond:
+                self._inflight = None
+                if delivered:
+                    self.delivered += 1
+                    self._unreported_drops = max(0, self._unreported_drops - reported)
+                    if not self._queue:
+                        self._drop_episode = False
+                self._cond.notify_all()
+
+    def _attach_drop_report(self, envelope: Envelope) -> int:
+        count = self._unreported_drops
+        if not count:
+            return 0
+        metadata = envelope.body.get("metadata")
+        if not isinstance(metadata, dict):
+            if "metadata" not in envelope.body:
+                envelope.extra_fields.append("metadata")
+            metadata = {}
+        envelope.body["metadata"] = {**metadata, "dropped_updates": count}
+        return count
+
+    def _deliver(self, envelope: Envelope) -> bool:
+        if envelope.prepare is not None:
+            prepare, envelope.prepare = envelope.prepare, None
+            try:
+                prepare(envelope.body)
+            except Exception:
+                log.debug("experiment_bot: collecting metadata failed", exc_info=True)
+        fit_body(envelope.body)
+        attempt = 0
+        while True:
+            if self._key_rejected:
+                return False
+            try:
+                self.transport.request(
+                    "POST",
+                    envelope.path,
+                    body=envelope.body,
+                    file=envelope.file,
+                    idempotency_key=envelope.key,
+                )
+            except ApiError as exc:
+                honour = exc.status == 429 and exc.retry_after is not None
+                if exc.status == 429:
+                    delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                    log.info("experiment_bot: rate limited by the server; retrying in %.1f s", delay)
+                elif exc.status >= 500:
+                    delay = self._backoff(attempt)
+                    self._log_outage(f"server error {exc.status} ({exc.message})")
+                elif exc.status == 409 and exc.code == "request_in_progress":
+                    delay = self._backoff(attempt)  # our earlier attempt is still being processed
+                elif exc.status == 400 and envelope.extra_fields:
+                    for name in envelope.extra_fields:
+                        envelope.body.pop(name, None)
+                    envelope.extra_fields = []
+                    continue
+                else:
+                    self._reject(envelope, exc)
+                    return False
+            except TransportError as exc:
+                honour = False
+                delay = self._backoff(attempt)
+                self._log_outage(str(exc))
+            else:
+                if self._degraded:
+                    self._degraded = False
+                    log.info(
+                        "experiment_bot: %s reachable again; sending queued messages", self.transport.server
+                    )
+                return True
+            self._degraded = True
+            attempt += 1
+            if not self._sleep(delay, shortenable=not honour):
+                return False
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.max_delay, self.base_delay * (2**attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _sleep(self, delay: float, *, shortenable: bool = True) -> bool:
+        """Wait before a retry. While someone flushes (e.g. at exit) a backoff is cut to
+        ``HURRY_DELAY``; a server's ``Retry-After`` is not. False when the sender is stopping."""
+        deadline = time.monotonic() + delay
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                if shortenable and self._hurry:
+                    deadline = min(deadline, now + HURRY_DELAY)
+                if now >= deadline:
+                    return True
+                self._cond.wait(deadline - now)
+            return False
+
+    def _log_outage(self, reason: str) -> None:
+        if not self._degraded:
+            log.warning("experiment_bot: %s; messages are kept and retried in the background", reason)
+        else:
+            log.debug("experiment_bot: still failing: %s", reason)
+
+    def _reject(self, envelope: Envelope, exc: ApiError) -> None:
+        description = f"{envelope.kind} rejected by the server: HTTP {exc.status} {exc.code}: {exc.message}"
+        with self._cond:
+            self._errors.append(description)
+            first = (exc.status, exc.code) not in self._logged
+            self._logged.add((exc.status, exc.code))
+            if exc.status == 401:
+                self._key_rejected = True
+                dropped = len(self._queue)
+                self._queue.clear()
+                self.dropped += dropped + 1
+            else:
+                self.dropped += 1
+        if exc.status == 401:
+            if first:
+                log.error(
+                    "experiment_bot: the server refused the API key (%s). It was revoked or is wrong; "
+                    'nothing more will be sent. Run `python -c "import experiment_bot; '
+                    'experiment_bot.setup()"` to pair this machine again.',
+                    exc.message or exc.code,
+                )
+        elif first:
+            log.warning("experiment_bot: %s (dropped, not retried)", description)
+        else:
+            log.debug("experiment_bot: %s", description)

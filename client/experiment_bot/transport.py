@@ -1,0 +1,162 @@
+"""HTTP calls to the StatsBot JSON API (standard library only).
+
+One call, one attempt: retrying is the sender's job. ``urllib.request`` is imported on the
+first call, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .errors import ApiError, TransportError
+
+USER_AGENT = "experiment-bot/{version} python/{python}"
+DEFAULT_TIMEOUT = 10.0
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import email.utils
+        import time
+
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def encode_multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, str]:
+    """Encode ``{name: (filename or None, content, content_type)}`` as multipart/form-data."""
+    import uuid
+
+    boundary = "experiment-bot-" + uuid.uuid4().hex
+    chunks: list[bytes] = []
+    for name, (filename, content, content_type) in fields.items():
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            safe = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
+            disposition += f'; filename="{safe}"'
+        chunks.append(
+            (
+                f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n"
+            ).encode()
+        )
+        chunks.append(content)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+class Transport:
+    """Makes single HTTP requests against one server with one key."""
+
+    def __init__(self, server: str, api_key: str | None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.server = server.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.user_agent = USER_AGENT.format(version=_version(), python=sys.version.split()[0])
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.server + path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        file: tuple[str, bytes, str] | None = None,
+        idempotency_key: str | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Send one request; return ``(status, json_body)``.
+
+        Raises :class:`ApiError` for an HTTP error status and :class:`TransportError` when no
+        HTTP answer was obtained.
+        """
+        import urllib.error
+        import urllib.request
+
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        if auth and self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        data: bytes | None = None
+        if file is not None:
+            payload = json.dumps(body or {}, allow_nan=False).encode("utf-8")
+            data, content_type = encode_multipart(
+                {"payload": (None, payload, "application/json"), "file": file}
+            )
+            headers["Content-Type"] = content_type
+        elif body is not None:
+            data = json.dumps(body, allow_nan=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+
+        request = urllib.request.Request(self.url(path), data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:  # noqa: S310
+                status = response.status
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                raw_error = exc.read()
+            except Exception:  # the body may be unreadable once the connection broke
+                raw_error = b""
+            finally:
+                exc.close()
+            code, message = _error_fields(raw_error, exc.code, exc.reason)
+            retry_after = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            raise ApiError(exc.code, code, message, retry_after) from None
+        except urllib.error.URLError as exc:
+            raise TransportError(f"cannot reach {self.server}: {exc.reason}") from None
+        except (OSError, ValueError) as exc:
+            # ConnectionResetError, socket.timeout, http.client.HTTPException (e.g. RemoteDisconnected
+            # is an OSError; IncompleteRead/BadStatusLine are HTTPException -> caught below).
+            raise TransportError(f"request to {self.server} failed: {exc!r}") from None
+        except Exception as exc:
+            import http.client
+
+            if isinstance(exc, http.client.HTTPException):
+                raise TransportError(f"broken response from {self.server}: {exc!r}") from None
+            raise
+        return status, _json_or_empty(raw)
+
+
+def _json_or_empty(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {"data": parsed}
+
+
+def _error_fields(raw: bytes, status: int, reason: Any) -> tuple[str, str]:
+    parsed = _json_or_empty(raw)
+    error = parsed.get("error")
+    if isinstance(error, dict):
+        return str(error.get("code") or status), str(error.get("message") or reason or "")
+    if isinstance(error, str):
+        return error, str(parsed.get("message") or reason or "")
+    return str(status), str(reason or raw[:200].decode("utf-8", "replace"))

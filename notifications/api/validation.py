@@ -1,0 +1,268 @@
+"""Input checks of the notify API: one parser per request body, returning a typed value.
+
+Unknown fields are ignored; a field of the wrong type or out of range is refused with a 400
+that names it (``'level' must be one of info, success, warning, error``).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from notifications.api.errors import InvalidInput
+from notifications.services import FINAL_STATUSES, FORMATS, LEVELS
+
+MAX_TEXT = 65_536
+MAX_NAME = 200
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_METRICS = 100
+MAX_METRIC_NAME = 64
+MAX_INTERVAL = 86_400
+MAX_LABEL = 255
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------- primitives
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def string(data: dict, name: str, *, required: bool = False, max_length: int | None = None,
+           default: str = "", label: str | None = None) -> str:
+    label = label or name
+    value = data.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise InvalidInput(f"'{label}' is required")
+        return default
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{label}' must be a string")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidInput(f"'{label}' must be at most {max_length} characters (got {len(value)})")
+    return value
+
+
+def choice(data: dict, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    value = data.get(name)
+    if value is None and default is not None:
+        return default
+    if value not in choices:
+        raise InvalidInput(f"'{name}' must be one of {', '.join(choices)}")
+    return value
+
+
+def uuid_value(data: dict, name: str, *, required: bool = False) -> uuid.UUID | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidInput(f"'{name}' is required (a UUID such as {uuid.UUID(int=0)})")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{name}' must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"'{name}' must be a UUID string, not {value[:60]!r}") from None
+
+
+def integer(data: dict, name: str, *, minimum: int = 0, maximum: int | None = None,
+            label: str | None = None) -> int | None:
+    label = label or name
+    value = data.get(name)
+    if value is None:
+        return None
+    if not _is_number(value) or value != int(value):
+        raise InvalidInput(f"'{label}' must be a whole number")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidInput(f"'{label}' must be {bound}")
+    return value
+
+
+def number(data: dict, name: str, *, minimum: float | None = None, label: str | None = None) -> float | None:
+    label = label or name
+    value = data.get(name)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise InvalidInput(f"'{label}' must be a number")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(f"'{label}' must be at least {minimum}")
+    return value
+
+
+def obj(data: dict, name: str) -> dict[str, Any]:
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{name}' must be an object")
+    return value
+
+
+def metrics(data: dict, name: str = "metrics") -> dict[str, float]:
+    """``{name: number}``; ``null`` values (NaN/inf on the client) are dropped."""
+    values = obj(data, name)
+    if len(values) > MAX_METRICS:
+        raise InvalidInput(f"'{name}' may hold at most {MAX_METRICS} metrics")
+    clean: dict[str, float] = {}
+    for key, value in values.items():
+        if len(key) > MAX_METRIC_NAME:
+            raise InvalidInput(f"metric names in '{name}' must be at most {MAX_METRIC_NAME} characters")
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise InvalidInput(f"'{name}.{key}' must be a number")
+        clean[key] = value
+    return clean
+
+
+def tags(data: dict, name: str = "tags") -> list[str]:
+    value = data.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise InvalidInput(f"'{name}' must be a list of strings")
+    if len(value) > MAX_TAGS:
+        raise InvalidInput(f"'{name}' may hold at most {MAX_TAGS} tags")
+    if any(len(tag) > MAX_TAG for tag in value):
+        raise InvalidInput(f"each of '{name}' must be at most {MAX_TAG} characters")
+    return [tag.strip() for tag in value if tag.strip()]
+
+
+# ---------------------------------------------------------------------------------- bodies
+
+
+@dataclass(frozen=True)
+class RegisterInput:
+    hostname: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class NotifyInput:
+    text: str
+    level: str = "info"
+    format: str = "text"
+    process_id: uuid.UUID | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StartInput:
+    uuid: uuid.UUID
+    name: str
+    tags: list[str] = field(default_factory=list)
+    parent_uuid: uuid.UUID | None = None
+    heartbeat_interval: int = 60
+    metadata: dict[str, Any] = field(default_factory=dict)
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatInput:
+    uuid: uuid.UUID
+    done: int | None = None
+    total: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    step: float | None = None
+
+
+@dataclass(frozen=True)
+class FinishInput:
+    uuid: uuid.UUID
+    status: str
+    error: str = ""
+    traceback: str = ""
+    runtime_s: float | None = None
+    peak_memory_mb: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    exit_reason: str = ""
+
+
+def parse_register(data: dict) -> RegisterInput:
+    return RegisterInput(
+        hostname=string(data, "hostname", max_length=MAX_LABEL),
+        label=string(data, "label", max_length=MAX_LABEL),
+    )
+
+
+def parse_notify(data: dict, *, has_file: bool = False) -> NotifyInput:
+    text = string(data, "text", required=not has_file, max_length=MAX_TEXT)
+    if not text.strip() and not has_file:
+        raise InvalidInput("'text' must not be empty")
+    return NotifyInput(
+        text=text,
+        level=choice(data, "level", LEVELS, default="info"),
+        format=choice(data, "format", FORMATS, default="text"),
+        process_id=uuid_value(data, "process_id"),
+        metadata=obj(data, "metadata"),
+    )
+
+
+def parse_start(data: dict) -> StartInput:
+    name = string(data, "name", required=True, max_length=MAX_NAME).strip()
+    if not name:
+        raise InvalidInput("'name' must not be empty")
+    interval = number(data, "heartbeat_interval", minimum=0)
+    if interval is not None and interval > MAX_INTERVAL:
+        raise InvalidInput(f"'heartbeat_interval' must be a number of seconds between 0 and {MAX_INTERVAL}")
+    return StartInput(
+        uuid=uuid_value(data, "uuid", required=True),
+        name=name,
+        tags=tags(data),
+        parent_uuid=uuid_value(data, "parent_uuid"),
+        heartbeat_interval=60 if interval is None else math.ceil(interval),
+        metadata=obj(data, "metadata"),
+        total=integer(data, "total"),
+    )
+
+
+def parse_heartbeat(data: dict) -> HeartbeatInput:
+    progress = data.get("progress")
+    done = total = None
+    if progress is not None:
+        if not isinstance(progress, dict):
+            raise InvalidInput("'progress' must be an object {\"done\": n, \"total\": n | null} or null")
+        done = integer(progress, "done", label="progress.done")
+        if done is None:
+            raise InvalidInput("'progress.done' is required when 'progress' is given")
+        total = integer(progress, "total", label="progress.total")
+    return HeartbeatInput(
+        uuid=uuid_value(data, "uuid", required=True),
+        done=done,
+        total=total,
+        metrics=metrics(data),
+        step=number(data, "step"),
+    )
+
+
+def parse_finish(data: dict) -> FinishInput:
+    return FinishInput(
+        uuid=uuid_value(data, "uuid", required=True),
+        status=choice(data, "status", FINAL_STATUSES),
+        error=string(data, "error"),
+        traceback=string(data, "traceback"),
+        runtime_s=number(data, "runtime_s", minimum=0),
+        peak_memory_mb=number(data, "peak_memory_mb", minimum=0),
+        metrics=metrics(data),
+        exit_reason=string(data, "exit_reason"),
+    )
+
+
+# operationId in notifications.schema → the parser of its JSON body
+PARSERS: dict[str, Callable[[dict], Any]] = {
+    "register": parse_register,
+    "notify": parse_notify,
+    "startProcess": parse_start,
+    "heartbeat": parse_heartbeat,
+    "finishProcess": parse_finish,
+}

@@ -1,0 +1,366 @@
+"""The OpenAPI 3.1 description of the notify API, written by hand and served at ``/api/openapi.json``.
+
+Kept in step with ``notifications/urls.py`` and the parsers in ``notifications/api/validation.py``
+by tests: every route is described, every description has a route, and every example request
+passes the server's own input checks.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+EXAMPLE_UUID = "6f1c2a9e-3b7d-4c55-9e0a-2d8f41b7c913"
+PARENT_UUID = "0b9e6d3c-8a41-4f2e-b7c5-1e2d3f4a5b6c"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _json_body(schema: str, example: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema), "example": example}}}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any unique string (a UUID). A retry with the same key and API key returns the first "
+                   "successful answer (with `Idempotent-Replayed: true`) and creates nothing new. "
+                   "Refused requests (4xx) are not stored.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+
+RATE_LIMITED = {
+    "description": "Rate limited: 30 requests per 10 s, 600 per hour, per key.",
+    "headers": {"Retry-After": {"description": "Seconds until the window ends.", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": _ref("Error")}},
+}
+
+KEYED_ERRORS = {
+    "400": _error("Invalid input; the message names the field."),
+    "401": _error("Missing, invalid or revoked key (`missing_key`, `invalid_key`, `revoked_key`)."),
+    "405": _error("Wrong method; see the `Allow` header."),
+    "413": _error("Body over 256 KiB (JSON) or file over 10 MiB."),
+    "415": _error("Wrong Content-Type."),
+    "429": RATE_LIMITED,
+}
+
+NULLABLE_UUID = {"type": ["string", "null"], "format": "uuid"}
+METRICS = {
+    "type": "object",
+    "maxProperties": 100,
+    "additionalProperties": {"type": ["number", "null"]},
+    "description": "Metric name → number. `null` values (NaN/inf) are dropped.",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "properties": {
+            "hostname": {"type": "string", "maxLength": 255},
+            "label": {"type": "string", "maxLength": 255},
+        },
+    },
+    "RegisterResponse": {
+        "type": "object",
+        "required": ["code", "link", "poll_url", "expires_in", "interval"],
+        "properties": {
+            "code": {"type": "string"},
+            "link": {"type": "string", "description": "https://t.me/<bot>?start=pair_<code>: the user taps it."},
+            "poll_url": {"type": "string", "description": "Poll exactly this URL; its secret claims the key."},
+            "expires_in": {"type": "integer", "description": "Seconds."},
+            "interval": {"type": "integer", "description": "Seconds between polls."},
+        },
+    },
+    "PollResponse": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["pending", "confirmed"]},
+            "api_key": {"type": "string", "description": "Only with `confirmed`, and only once."},
+        },
+    },
+    "ValidateResponse": {
+        "type": "object",
+        "required": ["valid", "key_prefix", "account"],
+        "properties": {
+            "valid": {"const": True},
+            "key_prefix": {"type": "string"},
+            "account": {
+                "type": "object",
+                "properties": {
+                    "telegram_user_id": {"type": "integer"},
+                    "username": {"type": "string"},
+                    "first_name": {"type": "string"},
+                },
+            },
+        },
+    },
+    "NotifyRequest": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"type": "string", "maxLength": 65536,
+                     "description": "Required unless a file is sent. Longer than a Telegram message: "
+                                    "shortened, with the full text attached."},
+            "level": {"enum": ["info", "success", "warning", "error"], "default": "info"},
+            "format": {
+                "enum": ["text", "markdown", "html"],
+                "default": "text",
+                "description": "`text`: shown as is. `markdown`: **bold**, *italic*/_italic_, ~~strike~~, "
+                               "`code`, ```pre```, [links](https://…) and # headings become formatting, all "
+                               "else is shown literally. `html`: Telegram's tags (b, i, u, s, code, pre, a, "
+                               "blockquote, tg-spoiler) are kept, `<br>` becomes a line break, any other tag "
+                               "is shown as text.",
+            },
+            "process_id": {**NULLABLE_UUID, "description": "Links the message to a tracked process."},
+            "metadata": {"type": ["object", "null"],
+                         "description": "host, script, python, env, git {commit, dirty}, …"},
+        },
+    },
+    "NotifyMultipart": {
+        "type": "object",
+        "properties": {
+            "payload": {"type": "string", "contentMediaType": "application/json",
+                        "description": "The NotifyRequest as JSON (`text` optional here)."},
+            "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                     "description": "At most 10 MiB. PNG, JPEG, GIF and WebP (by content) are sent as "
+                                    "photos, anything else as a document."},
+        },
+        "required": ["file"],
+    },
+    "NotifyResponse": {
+        "type": "object",
+        "required": ["message_id", "status"],
+        "properties": {"message_id": {"type": "integer"}, "status": {"const": "queued"}},
+    },
+    "StartRequest": {
+        "type": "object",
+        "required": ["uuid", "name"],
+        "properties": {
+            "uuid": {"type": "string", "format": "uuid"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "tags": {"type": "array", "maxItems": 32, "items": {"type": "string", "maxLength": 64}},
+            "parent_uuid": {**NULLABLE_UUID, "description": "A process of the same account; unknown ones "
+                                                            "are ignored."},
+            "heartbeat_interval": {"type": "number", "minimum": 0, "maximum": 86400, "default": 60,
+                                   "description": "Seconds; 0 turns stall detection off."},
+            "metadata": {"type": ["object", "null"]},
+            "total": {"type": ["integer", "null"], "minimum": 0},
+        },
+    },
+    "ProcessState": {
+        "type": "object",
+        "required": ["state"],
+        "properties": {
+            "uuid": {"type": "string", "format": "uuid"},
+            "state": {"enum": ["running", "stalled", "succeeded", "failed", "cancelled"]},
+        },
+    },
+    "HeartbeatRequest": {
+        "type": "object",
+        "required": ["uuid"],
+        "properties": {
+            "uuid": {"type": "string", "format": "uuid"},
+            "progress": {
+                "type": ["object", "null"],
+                "required": ["done"],
+                "properties": {
+                    "done": {"type": "integer", "minimum": 0},
+                    "total": {"type": ["integer", "null"], "minimum": 0},
+                },
+            },
+            "metrics": METRICS,
+            "step": {"type": ["number", "null"], "description": "With metrics: a point of the final chart."},
+        },
+    },
+    "FinishRequest": {
+        "type": "object",
+        "required": ["uuid", "status"],
+        "properties": {
+            "uuid": {"type": "string", "format": "uuid"},
+            "status": {"enum": ["succeeded", "failed", "cancelled"]},
+            "error": {"type": ["string", "null"]},
+            "traceback": {"type": ["string", "null"], "description": "The last ~25 lines are shown; the whole "
+                                                                    "one is attached when longer."},
+            "runtime_s": {"type": ["number", "null"], "minimum": 0},
+            "peak_memory_mb": {"type": ["number", "null"], "minimum": 0},
+            "metrics": METRICS,
+            "exit_reason": {"type": ["string", "null"]},
+        },
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/api/register": {
+        "post": {
+            "operationId": "register",
+            "summary": "Start pairing a machine (device login): no key needed.",
+            "description": "At most 20 pending pairings per client address per 10 minutes. "
+                           "`Idempotency-Key` is ignored here (a retry just starts another pairing).",
+            "security": [],
+            "requestBody": _json_body("RegisterRequest", {"hostname": "gpu-box", "label": "train.py"},
+                                      required=False),
+            "responses": {
+                "201": _ok("Pairing started.", "RegisterResponse"),
+                "400": KEYED_ERRORS["400"],
+                "429": RATE_LIMITED,
+            },
+        }
+    },
+    "/api/register/{code}": {
+        "get": {
+            "operationId": "pollRegistration",
+            "summary": "Poll a pairing until the user confirmed it in Telegram; returns the key once.",
+            "security": [],
+            "parameters": [
+                {"name": "code", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "secret", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _ok("`pending`, or `confirmed` with `api_key` (once).", "PollResponse"),
+                "400": _error("No secret."),
+                "403": _error("Wrong secret."),
+                "404": _error("Unknown code, or the key was already fetched."),
+                "410": _error("Expired (`expired`)."),
+            },
+        }
+    },
+    "/api/validate": {
+        "get": {
+            "operationId": "validate",
+            "summary": "Check a key and see whose chat it reaches.",
+            "responses": {"200": _ok("The key is active.", "ValidateResponse"),
+                          **{k: v for k, v in KEYED_ERRORS.items() if k in ("401", "429")}},
+        }
+    },
+    "/api/notify": {
+        "post": {
+            "operationId": "notify",
+            "summary": "Queue a message (optionally with one file) for the key's chat.",
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _ref("NotifyRequest"),
+                        "example": {"text": "Training started", "level": "info", "format": "text",
+                                    "process_id": None, "metadata": {"host": "gpu-box", "script": "train.py"}},
+                    },
+                    "multipart/form-data": {"schema": _ref("NotifyMultipart")},
+                },
+            },
+            "responses": {"202": _ok("Queued.", "NotifyResponse"), **KEYED_ERRORS},
+        }
+    },
+    "/api/processes/start": {
+        "post": {
+            "operationId": "startProcess",
+            "summary": "Start tracking a process (a repeated start of the same uuid answers 200).",
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": _json_body("StartRequest", {
+                "uuid": EXAMPLE_UUID, "name": "train.py", "tags": ["lr=0.1"], "parent_uuid": PARENT_UUID,
+                "heartbeat_interval": 60, "metadata": {"host": "gpu-box"}, "total": 1000,
+            }),
+            "responses": {
+                "201": _ok("Started.", "ProcessState"),
+                "200": _ok("Already started earlier.", "ProcessState"),
+                "409": _error("The uuid belongs to another account's process."),
+                **KEYED_ERRORS,
+            },
+        }
+    },
+    "/api/heartbeat": {
+        "post": {
+            "operationId": "heartbeat",
+            "summary": "Keep a process alive; report progress and metrics.",
+            "description": "Progress edits one message in place (only when the shown percentage changes); "
+                           "`metrics` with a `step` are kept as a series for the final chart. A stalled "
+                           "process that sends a heartbeat is reported as recovered.",
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": _json_body("HeartbeatRequest", {
+                "uuid": EXAMPLE_UUID, "progress": {"done": 30, "total": 100}, "metrics": {"loss": 0.3},
+                "step": 30,
+            }),
+            "responses": {
+                "200": _ok("Recorded.", "ProcessState"),
+                "404": _error("Unknown process (`unknown_process`)."),
+                "409": _error("The process has already finished."),
+                **KEYED_ERRORS,
+            },
+        }
+    },
+    "/api/processes/finish": {
+        "post": {
+            "operationId": "finishProcess",
+            "summary": "Report how a process ended (a repeat with the same status answers 200).",
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": _json_body("FinishRequest", {
+                "uuid": EXAMPLE_UUID, "status": "failed", "error": "ValueError: bad shape",
+                "traceback": "Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n"
+                             "ValueError: bad shape",
+                "runtime_s": 12.3, "peak_memory_mb": 512.0, "metrics": {"loss": 0.25}, "exit_reason": None,
+            }),
+            "responses": {
+                "200": _ok("Finished.", "ProcessState"),
+                "404": _error("Unknown process (`unknown_process`)."),
+                "409": _error("Already finished with another status."),
+                **KEYED_ERRORS,
+            },
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document.",
+            "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+        }
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "StatsBot notification API",
+        "version": "1.0.0",
+        "description": "What the `experiment_bot` client library speaks: notifications, tracked processes "
+                       "with heartbeats, and device pairing. Errors are `{\"error\": {\"code\", \"message\"}}`. "
+                       "See docs/notify-api.md.",
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "exp_… key"}},
+    },
+    "security": [{"bearer": []}],
+}
+
+
+def openapi_schema(server_url: str | None = None) -> dict[str, Any]:
+    """A copy of the document, with ``servers`` set when the base URL is known."""
+    schema = copy.deepcopy(OPENAPI)
+    if server_url:
+        schema["servers"] = [{"url": server_url.rstrip("/") or "/"}]
+    return schema

@@ -1,0 +1,481 @@
+"""Experiment notifications: what the notify API and the bot's periodic sweeps do.
+
+Plain synchronous ORM code. Every change the user should see becomes an outbox row through
+``notifications.outbox.enqueue``; the bot renders it (``telegram_app.rendering.notify``)
+from the row's payload and the process as it is in the database at sending time.
+
+Outbox rows written here:
+
+* kind ``notify``: ``{"text", "level", "format", "metadata", "process_uuid"}`` (+ one file);
+* kind ``process``: ``{"uuid", "event"}`` with ``event`` one of ``started``, ``progress``,
+  ``finished``, ``stalled`` (+ ``silent_s``, ``interval_s``) and ``recovered`` (+ ``silent_s``).
+  ``progress`` rows carry ``edit_key=process.progress_edit_key``: they edit one message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid as uuid_lib
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Account, ApiKey, InvalidTransition, PairingRequest
+from notifications.models import IdempotencyRecord, OutboxMessage, RateCounter, TrackedProcess
+from notifications.outbox import FileToSend, enqueue
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("info", "success", "warning", "error")
+FORMATS = ("text", "markdown", "html")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+PROCESS_EVENTS = ("started", "progress", "finished", "stalled", "recovered")
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+_UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+
+
+class ServiceError(Exception):
+    """A request the services refuse; ``code`` is machine-readable, the message is for people."""
+
+    code = "invalid"
+
+
+class UnknownProcess(ServiceError):
+    code = "unknown_process"
+
+
+class ProcessConflict(ServiceError):
+    code = "conflict"
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image content type of ``data`` by its magic bytes (PNG, JPEG, GIF, WebP), else None."""
+    for signature, content_type in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return content_type
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def clean_filename(name: str, default: str = "file") -> str:
+    """A base name without folders or control characters, at most 255 characters, extension kept."""
+    base = _UNSAFE_FILENAME.sub("", name.replace("\\", "/")).rsplit("/", 1)[-1].strip().lstrip(".")
+    if not base:
+        return default
+    if len(base) > 255:
+        stem, dot, ext = base.rpartition(".")
+        base = (stem[: 254 - len(ext)] + dot + ext) if dot and len(ext) <= 16 else base[:255]
+    return base
+
+
+def attachment_for(filename: str, data: bytes, content_type: str = "") -> FileToSend:
+    """An uploaded file as an outbox attachment: images (by content, not name) become photos."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ServiceError(f"the file is {len(data)} bytes; the limit is {MAX_FILE_BYTES} bytes (10 MiB)")
+    image_type = sniff_image(data)
+    if image_type:
+        return FileToSend(kind="photo", filename=clean_filename(filename, "image"), data=data,
+                          content_type=image_type)
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if not _CONTENT_TYPE.match(declared) or declared.startswith("image/"):
+        declared = "application/octet-stream"
+    return FileToSend(kind="document", filename=clean_filename(filename), data=data, content_type=declared)
+
+
+# ---------------------------------------------------------------------------------- notify
+
+
+def notify(
+    api_key: ApiKey,
+    text: str,
+    level: str = "info",
+    fmt: str = "text",
+    process_uuid: uuid_lib.UUID | str | None = None,
+    metadata: dict[str, Any] | None = None,
+    file: FileToSend | None = None,
+) -> OutboxMessage:
+    """Queue one notification for the key's chat.
+
+    ``process_uuid`` links it to a tracked process of the same account (its name and colour tag
+    are shown); an unknown one is kept in the payload but shows nothing.
+    """
+    if level not in LEVELS:
+        raise ServiceError(f"'level' must be one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ServiceError(f"'format' must be one of {', '.join(FORMATS)}")
+    payload = {
+        "text": text,
+        "level": level,
+        "format": fmt,
+        "metadata": metadata or {},
+        "process_uuid": str(process_uuid) if process_uuid else None,
+    }
+    message = enqueue(api_key.account, kind="notify", payload=payload, files=[file] if file else [])
+    logger.info("notify: queued message %s (%s) for account %s", message.pk, level, api_key.account_id)
+    return message
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+def _process_row(process: TrackedProcess, event: str, *, edit: bool = False, **extra: Any) -> OutboxMessage:
+    payload = {"uuid": str(process.uuid), "event": event, **extra}
+    return enqueue(process.account, kind="process", payload=payload,
+                   edit_key=process.progress_edit_key if edit else "")
+
+
+def _locked_process(account: Account, process_uuid: uuid_lib.UUID | str) -> TrackedProcess:
+    """The account's process, locked for the rest of the transaction (PostgreSQL)."""
+    process_uuid = _as_uuid(process_uuid)
+    process = (
+        TrackedProcess.objects.select_for_update(of=("self",))
+        .select_related("account")
+        .filter(uuid=process_uuid, account=account)
+        .first()
+    )
+    if process is None:
+        raise UnknownProcess(f"no process {process_uuid} was started with this key's account; "
+                             "call /api/processes/start first")
+    return process
+
+
+_PREF_OF_EVENT = {"started": "on_start", "succeeded": "on_success", "failed": "on_error", "cancelled": "on_error"}
+
+
+def wants_message(process: TrackedProcess, event: str) -> bool:
+    """False when the client's ``metadata.notify_prefs`` turned this message off (start, success,
+    error/cancel). The event is still recorded; stalls and recoveries are always reported."""
+    prefs = process.metadata.get("notify_prefs") if isinstance(process.metadata, dict) else None
+    if not isinstance(prefs, dict):
+        return True
+    return prefs.get(_PREF_OF_EVENT.get(event, ""), True) is not False
+
+
+def _as_uuid(value: uuid_lib.UUID | str) -> uuid_lib.UUID:
+    try:
+        return value if isinstance(value, uuid_lib.UUID) else uuid_lib.UUID(str(value))
+    except ValueError:
+        raise ServiceError(f"{value!r} is not a UUID") from None
+
+
+def _owned(process: TrackedProcess, account: Account) -> TrackedProcess:
+    if process.account_id != account.pk:
+        raise ProcessConflict(f"the uuid {process.uuid} is already used by another process; use a fresh uuid4")
+    return process
+
+
+def start_process(
+    api_key: ApiKey,
+    *,
+    uuid: uuid_lib.UUID | str,
+    name: str,
+    tags: list[str] | None = None,
+    parent_uuid: uuid_lib.UUID | str | None = None,
+    heartbeat_interval: int = 60,
+    metadata: dict[str, Any] | None = None,
+    total: int | None = None,
+) -> tuple[TrackedProcess, bool]:
+    """Start tracking a process; returns it and whether it is new (a repeated start changes nothing).
+
+    A ``parent_uuid`` naming no process of the same account is ignored. ``heartbeat_interval`` 0
+    turns the dead-man's switch off for this process.
+    """
+    account = api_key.account
+    uuid = _as_uuid(uuid)
+    with transaction.atomic():
+        existing = TrackedProcess.objects.select_related("account").filter(uuid=uuid).first()
+        if existing is not None:
+            return _owned(existing, account), False
+        parent = None
+        if parent_uuid and _as_uuid(parent_uuid) != uuid:
+            parent = TrackedProcess.objects.filter(uuid=parent_uuid, account=account).first()
+        try:
+            with transaction.atomic():
+                process = TrackedProcess.objects.create(
+                    uuid=uuid, account=account, name=name, tags=list(tags or []), parent=parent,
+                    heartbeat_interval=heartbeat_interval, metadata=metadata or {}, progress_total=total,
+                )
+        except IntegrityError:  # the same uuid started concurrently
+            return _owned(TrackedProcess.objects.select_related("account").get(uuid=uuid), account), False
+        process.account = account
+        if wants_message(process, "started"):
+            _process_row(process, "started")
+    logger.info("process %s (%s) started for account %s", process.uuid, name, account.pk)
+    return process, True
+
+
+def progress_step(done: int | None, total: int | None) -> tuple[str, int] | None:
+    """What the progress message shows, coarsely: a whole percentage, or (with no total) the count
+    to two significant digits. A new progress row is queued only when this changes."""
+    if done is None:
+        return None
+    if total and total > 0:
+        return "percent", max(0, min(100, done * 100 // total))
+    done = max(0, done)
+    if done < 100:
+        return "count", done
+    magnitude = 10 ** (len(str(done)) - 2)
+    return "count", done // magnitude * magnitude
+
+
+def heartbeat(
+    api_key: ApiKey,
+    *,
+    uuid: uuid_lib.UUID | str,
+    done: int | None = None,
+    total: int | None = None,
+    metrics: dict[str, float] | None = None,
+    step: float | None = None,
+) -> TrackedProcess:
+    """Record a heartbeat; queue a progress edit when the shown progress changes, and a
+    ``recovered`` notice when it brings a stalled process back."""
+    with transaction.atomic():
+        process = _locked_process(api_key.account, uuid)
+        if process.is_finished:
+            raise ProcessConflict(f"process {process.uuid} has already finished ({process.state})")
+        shown_before = progress_step(process.progress_done, process.progress_total)
+        silent_s = int((timezone.now() - process.last_heartbeat_at).total_seconds())
+        recovered = process.heartbeat(done=done, total=total, metrics=metrics or None, step=step)
+        if recovered:
+            _process_row(process, "recovered", silent_s=silent_s)
+            logger.info("process %s recovered after %ss without heartbeat", process.uuid, silent_s)
+        shown_after = progress_step(process.progress_done, process.progress_total)
+        if shown_after is not None and shown_after != shown_before:
+            _process_row(process, "progress", edit=True)
+    return process
+
+
+def finish_process(
+    api_key: ApiKey,
+    *,
+    uuid: uuid_lib.UUID | str,
+    status: str,
+    error: str = "",
+    traceback: str = "",
+    runtime_s: float | None = None,
+    peak_memory_mb: float | None = None,
+    metrics: dict[str, float] | None = None,
+    exit_reason: str = "",
+) -> tuple[TrackedProcess, bool]:
+    """Finish a process; returns it and whether this call finished it.
+
+    A repeat with the status it already has changes nothing; a different final status is a
+    conflict. When the process showed progress, its progress message is edited once more to the
+    final state, then a separate ``finished`` message follows.
+    """
+    if status not in FINAL_STATUSES:
+        raise ServiceError(f"'status' must be one of {', '.join(FINAL_STATUSES)}")
+    with transaction.atomic():
+        process = _locked_process(api_key.account, uuid)
+        if process.is_finished:
+            if process.state == status:
+                return process, False
+            raise ProcessConflict(f"process {process.uuid} has already finished as {process.state}")
+        process.finish(status, error=error, traceback=traceback, exit_reason=exit_reason,
+                       runtime_s=runtime_s, peak_memory_mb=peak_memory_mb, metrics=metrics)
+        if process.progress_done is not None:
+            _process_row(process, "progress", edit=True)
+        if wants_message(process, status):
+            _process_row(process, "finished")
+    logger.info("process %s finished: %s", process.uuid, status)
+    return process, True
+
+
+SWEEP_BATCH = 1000  # per sweep; the next sweep takes the rest
+
+
+def _grace(grace: timedelta | float | None) -> timedelta:
+    if grace is None:
+        grace = settings.HEARTBEAT_GRACE
+    return grace if isinstance(grace, timedelta) else timedelta(seconds=grace)
+
+
+def mark_stalled_processes(grace: timedelta | float | None = None) -> int:
+    """The dead-man's switch: mark running processes whose heartbeats stopped as stalled.
+
+    Overdue means no heartbeat for ``heartbeat_interval`` + ``grace`` (default
+    ``settings.HEARTBEAT_GRACE`` seconds). Each stall queues one ``stalled`` row; a process stays
+    stalled (and is not reported again) until a heartbeat brings it back. Returns how many were
+    marked. Safe to run from several processes at once.
+    """
+    grace = _grace(grace)
+    cutoff = timezone.now() - grace
+    candidates = list(
+        TrackedProcess.objects.filter(
+            state=TrackedProcess.State.RUNNING, heartbeat_interval__gt=0, last_heartbeat_at__lt=cutoff
+        ).order_by("last_heartbeat_at").values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    marked = 0
+    for pk in candidates:
+        with transaction.atomic():
+            process = (
+                TrackedProcess.objects.select_for_update(of=("self",), skip_locked=True)
+                .select_related("account")
+                .filter(pk=pk, state=TrackedProcess.State.RUNNING)
+                .first()
+            )
+            now = timezone.now()
+            if process is None or not process.is_overdue(grace, now=now):
+                continue
+            try:
+                process.mark_stalled()
+            except InvalidTransition:
+                continue
+            silent_s = int((now - process.last_heartbeat_at).total_seconds())
+            _process_row(process, "stalled", silent_s=silent_s, interval_s=process.heartbeat_interval)
+            marked += 1
+        logger.info("process %s stalled: no heartbeat for %ss", process.uuid, silent_s)
+    return marked
+
+
+def process_tree(account: Account) -> list[dict[str, Any]]:
+    """The account's running and stalled processes as a tree, oldest first (for ``/status``).
+
+    Each node: ``{"uuid", "name", "tags", "tag_emoji", "state", "progress", "runtime_s",
+    "started_at", "last_heartbeat_at", "children"}`` where ``progress`` is ``None`` or
+    ``{"done", "total", "percent"}`` (``total``/``percent`` may be ``None``). A process whose
+    parent is not active itself is a root.
+    """
+    now = timezone.now()
+    processes = list(TrackedProcess.objects.active().filter(account=account).order_by("started_at", "pk"))
+    nodes = {p.pk: _node(p, now) for p in processes}
+    roots: list[dict[str, Any]] = []
+    for process in processes:
+        parent = nodes.get(process.parent_id) if process.parent_id else None
+        (parent["children"] if parent is not None else roots).append(nodes[process.pk])
+    return roots
+
+
+def _node(process: TrackedProcess, now: datetime) -> dict[str, Any]:
+    progress = None
+    if process.progress_done is not None:
+        total = process.progress_total if process.progress_total and process.progress_total > 0 else None
+        percent = min(100.0, round(process.progress_done * 100 / total, 1)) if total else None
+        progress = {"done": process.progress_done, "total": total, "percent": percent}
+    return {
+        "uuid": str(process.uuid),
+        "name": process.name,
+        "tags": list(process.tags),
+        "tag_emoji": process.tag_emoji,
+        "state": process.state,
+        "progress": progress,
+        "runtime_s": max(0.0, (now - process.started_at).total_seconds()),
+        "started_at": process.started_at,
+        "last_heartbeat_at": process.last_heartbeat_at,
+        "children": [],
+    }
+
+
+# ---------------------------------------------------------------------------------- pairing
+
+
+class PairingRefusal(StrEnum):
+    """Why ``confirm_pairing`` did not pair. Compares equal to its code (``"expired"``…);
+    ``str()`` and ``.message`` give the sentence the bot can show the user."""
+
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    ALREADY_USED = "already_used"
+
+    @property
+    def message(self) -> str:
+        return {
+            "unknown": "This pairing link is not valid.",
+            "expired": "This pairing link has expired (links last 10 minutes).",
+            "already_used": "This pairing link was already used by another Telegram account.",
+        }[self.value]
+
+    def __str__(self) -> str:  # what a person reads; compare with the members or their values
+        return self.message
+
+    def __format__(self, spec: str) -> str:
+        return format(self.message, spec)
+
+
+def start_pairing(*, hostname: str = "", label: str = "") -> tuple[PairingRequest, str]:
+    """A new pending pairing for ``experiment_bot.setup()``; returns it and the poll secret."""
+    pairing, poll_secret = PairingRequest.start(hostname=hostname, label=label)
+    logger.info("pairing #%s started (host %r)", pairing.pk, pairing.hostname)
+    return pairing, poll_secret
+
+
+def confirm_pairing(account: Account, code: str) -> ApiKey | PairingRefusal:
+    """The user opened ``t.me/<bot>?start=pair_<code>``: make the pairing's key the account's key.
+
+    Returns the new active ``ApiKey`` (any previous key of the account is revoked), or a
+    ``PairingRefusal``. Tapping the link again from the same account returns the same key.
+    Queues no message: the bot answers the user itself.
+    """
+    code = code.strip().removeprefix("pair_")
+    pairing = PairingRequest.objects.filter(code=code).first() if 0 < len(code) <= 16 else None
+    if pairing is None:
+        return PairingRefusal.UNKNOWN
+    if pairing.state in (PairingRequest.State.CONFIRMED, PairingRequest.State.CLAIMED):
+        return _same_pairing_key(pairing, account)
+    if pairing.is_expired:
+        return PairingRefusal.EXPIRED
+    try:
+        key = pairing.confirm(account)
+    except InvalidTransition:
+        pairing.refresh_from_db()
+        if pairing.state in (PairingRequest.State.CONFIRMED, PairingRequest.State.CLAIMED):
+            return _same_pairing_key(pairing, account)
+        return PairingRefusal.EXPIRED
+    logger.info("pairing #%s confirmed by account %s", pairing.pk, account.pk)
+    return key
+
+
+def _same_pairing_key(pairing: PairingRequest, account: Account) -> ApiKey | PairingRefusal:
+    if pairing.account_id == account.pk:
+        key = ApiKey.objects.active().filter(account=account, secret_hash=pairing.key_hash).first()
+        if key is not None:
+            return key
+    return PairingRefusal.ALREADY_USED
+
+
+def expire_pairings() -> int:
+    """Move pending and confirmed pairings past their expiry to ``expired``; returns how many."""
+    expired = 0
+    due = PairingRequest.objects.filter(
+        state__in=[PairingRequest.State.PENDING, PairingRequest.State.CONFIRMED], expires_at__lte=timezone.now()
+    )
+    for pairing in due:
+        try:
+            pairing.expire()
+        except InvalidTransition:
+            continue
+        expired += 1
+    if expired:
+        logger.info("expired %s pairing requests", expired)
+    return expired
+
+
+# ---------------------------------------------------------------------------------- bookkeeping
+
+IDEMPOTENCY_TTL = timedelta(days=1)
+RATE_COUNTER_TTL = timedelta(hours=2)
+
+
+def prune_bookkeeping() -> int:
+    """Delete idempotency answers older than a day and rate counters older than two hours."""
+    now = timezone.now()
+    answers, _ = IdempotencyRecord.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()
+    counters, _ = RateCounter.objects.filter(window_start__lt=now - RATE_COUNTER_TTL).delete()
+    return answers + counters

@@ -1,0 +1,78 @@
+"""Flood control like Telegram's: a token bucket per chat and one for the whole bot."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FloodConfig:
+    """Limits: per chat a burst of ``per_chat_burst`` refilled at ``per_chat_rate``/s;
+    overall ``global_burst`` refilled at ``global_rate``/s."""
+
+    enabled: bool = True
+    per_chat_burst: float = 20
+    per_chat_rate: float = 1.0
+    global_burst: float = 30
+    global_rate: float = 30.0
+
+
+@dataclass
+class _Bucket:
+    capacity: float
+    rate: float
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_time(self) -> float:
+        """Seconds until one token is available (0 when one is)."""
+        if self.tokens >= 1:
+            return 0.0
+        return (1 - self.tokens) / self.rate if self.rate > 0 else math.inf
+
+
+@dataclass
+class FloodControl:
+    """Decides whether a counted call may go through; thread-safe."""
+
+    config: FloodConfig = field(default_factory=FloodConfig)
+    clock: Callable[[], float] = time.monotonic
+    _chats: dict[int, _Bucket] = field(default_factory=dict)
+    _global: _Bucket | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._chats.clear()
+            self._global = None
+
+    def acquire(self, chat_id: int) -> int | None:
+        """Consume a token for ``chat_id``; returns None when allowed, else retry_after (s, ≥ 1)."""
+        cfg = self.config
+        if not cfg.enabled:
+            return None
+        now = self.clock()
+        with self._lock:
+            chat = self._chats.get(chat_id)
+            if chat is None:
+                chat = self._chats[chat_id] = _Bucket(
+                    cfg.per_chat_burst, cfg.per_chat_rate, cfg.per_chat_burst, now
+                )
+            if self._global is None:
+                self._global = _Bucket(cfg.global_burst, cfg.global_rate, cfg.global_burst, now)
+            chat.refill(now)
+            self._global.refill(now)
+            wait = max(chat.wait_time(), self._global.wait_time())
+            if wait > 0:
+                return max(1, math.ceil(wait))
+            chat.tokens -= 1
+            self._global.tokens -= 1
+            return None

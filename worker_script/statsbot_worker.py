@@ -1,0 +1,3201 @@
+#!/usr/bin/env python3
+"""StatsBot local worker.
+
+Connects this machine to StatsBot so that models can be trained and used from Telegram on
+files that never leave the machine. Start it with the command the bot shows after /connect:
+
+    curl -sL https://HOST/worker | python3 - --token=TOKEN
+
+It speaks the JSON-over-WebSocket protocol described in docs/worker-protocol.md. Only the
+standard library is needed at import time; pandas, scikit-learn, LightGBM and websockets are
+imported where they are used, and when they are missing the worker offers to install them
+into a private environment (~/.statsbot/venv).
+
+Run with --help for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import datetime as _dt
+import json
+import logging
+import logging.handlers
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+WORKER_VERSION = "1.0.0"
+PROTOCOL_VERSION = 1
+DEFAULT_SERVER = "__STATSBOT_SERVER_URL__"
+
+# The placeholder is spelled in two halves so that the server's one-shot text replacement
+# of DEFAULT_SERVER's value cannot also change this comparison value.
+_UNFILLED_SERVER = "__STATSBOT_" + "SERVER_URL__"
+
+log = logging.getLogger("statsbot_worker")
+
+# --------------------------------------------------------------------------- limits
+
+MAX_FRAME_BYTES = 512 * 1024  # every frame we send stays below this (daphne refuses > 1 MiB)
+DEFAULT_MAX_FILE_MB = 2048
+PREDICT_CHUNK_ROWS = 100_000
+DESCRIBE_SAMPLE_ROWS = 50_000
+DESCRIBE_MAX_COLUMNS = 200
+SAMPLE_STRING_CHARS = 60
+MAX_CATEGORIES = 1000  # categories kept per text feature (most frequent first)
+MAX_CLASSES = 200
+MIN_TRAIN_ROWS = 10
+CONFUSION_MAX_LABELS = 20
+PRED_VS_ACTUAL_POINTS = 200
+TOP_IMPORTANCES = 20
+RF_BIG_DATA_ROWS = 100_000
+UNACKED_RESULTS_KEPT = 100
+RESULT_REFUSALS = ("unknown_job", "invalid_field", "frame_too_large")  # server error codes: never re-send
+DOWNLOAD_MAX_BYTES = 5 * 1024 * 1024
+PROGRESS_MIN_INTERVAL_S = 0.5
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_MISSING_PACKAGES = 3
+
+ALLOWED_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".xlsx": "excel",
+    ".xls": "xls",
+}
+
+# Distribution names (for importlib.metadata) of what the worker needs, and known-good pins
+# for the private environment. Python 3.9 is the oldest supported interpreter, so the pins
+# are the newest releases that still ship wheels for 3.9 through 3.13.
+REQUIRED_PACKAGES = ("websockets", "pandas", "scikit-learn", "lightgbm")
+OPTIONAL_PACKAGES = ("pyarrow", "openpyxl", "xgboost", "joblib", "numpy")
+DIST_ALIASES = {"xgboost": ("xgboost", "xgboost-cpu")}  # the same import name, other distributions
+MIN_VERSIONS = {"websockets": (11, 0), "scikit-learn": (1, 2), "pandas": (1, 5), "lightgbm": (3, 3)}
+PINNED_REQUIREMENTS = (
+    "websockets==13.1",
+    "pandas==2.2.3",
+    "scikit-learn==1.5.2",
+    "lightgbm==4.5.0",
+    "pyarrow==18.1.0",
+    "openpyxl==3.1.5",
+)
+UNPINNED_REQUIREMENTS = (
+    "websockets>=13",
+    "pandas>=2.2",
+    "scikit-learn>=1.5",
+    "lightgbm>=4.5",
+    "pyarrow>=18",
+    "openpyxl>=3.1",
+)
+
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_LINE_RE = re.compile(r'^WORKER_VERSION = "(.+)"$', re.MULTILINE)
+
+ERROR_CODES = frozenset(
+    {
+        "invalid_params",
+        "path_not_allowed",
+        "file_not_found",
+        "not_a_file",
+        "bad_extension",
+        "file_too_large",
+        "empty_file",
+        "unreadable",
+        "missing_packages",
+        "missing_columns",
+        "bad_target",
+        "not_enough_data",
+        "model_not_found",
+        "invalid_model_id",
+        "cancelled",
+        "unsupported",
+        "internal",
+    }
+)
+
+
+class JobError(Exception):
+    """A job failed for a reason the user can act on; carries a protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code if code in ERROR_CODES else "internal"
+        self.message = message
+
+
+class JobCancelled(Exception):
+    """Raised at a checkpoint once the server asked to cancel the job."""
+
+
+class UsageError(Exception):
+    """A problem with the command line or the saved configuration."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def statsbot_home() -> Path:
+    """The worker's own folder: $STATSBOT_HOME or ~/.statsbot."""
+    env = os.environ.get("STATSBOT_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".statsbot"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the worker keeps its files."""
+
+    home: Path
+
+    @property
+    def config(self) -> Path:
+        return self.home / "config.json"
+
+    @property
+    def script(self) -> Path:
+        return self.home / "statsbot_worker.py"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "worker.log"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def outputs(self) -> Path:
+        return self.home / "outputs"
+
+    @property
+    def venv(self) -> Path:
+        return self.home / "venv"
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def short_text(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def utc_now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def parse_version(text: str | None) -> tuple[int, ...]:
+    """Leading numeric parts of a version string: '2.2.3rc1' -> (2, 2, 3)."""
+    if not text:
+        return ()
+    parts = []
+    for piece in text.split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group(0)))
+    return tuple(parts)
+
+
+def is_missing_value(value: Any) -> bool:
+    """NaN, NaT, None and pandas.NA, without importing pandas."""
+    if value is None:
+        return True
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):
+        return False
+
+
+def json_safe(value: Any, max_chars: int = SAMPLE_STRING_CHARS) -> Any:
+    """A JSON-serialisable version of one cell value (strings cut to max_chars)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if is_missing_value(value):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if len(value) <= max_chars else value[: max_chars - 1] + "\u2026"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if hasattr(value, "isoformat"):
+        return json_safe(value.isoformat(), max_chars)
+    if hasattr(value, "item"):  # numpy scalar
+        try:
+            return json_safe(value.item(), max_chars)
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, max_chars) for v in value]
+    return json_safe(str(value), max_chars)
+
+
+def round_float(value: Any, digits: int = 6) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(f, digits) if math.isfinite(f) else None
+
+
+def json_size(obj: Any) -> int:
+    return len(json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+
+
+def _largest_list(obj: Any, best: tuple[int, Any]) -> tuple[int, Any]:
+    """The list (with more than zero items) whose JSON is longest, anywhere in obj."""
+    if isinstance(obj, list):
+        if obj:
+            size = json_size(obj)
+            if size > best[0]:
+                best = (size, obj)
+        for item in obj:
+            best = _largest_list(item, best)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            best = _largest_list(item, best)
+    return best
+
+
+def cap_result_size(message: dict, limit: int = MAX_FRAME_BYTES) -> dict:
+    """Shrink the biggest lists in a result until its JSON is below limit bytes.
+
+    Samples, scatter points and column lists are cut in half repeatedly; the result gets
+    ``"truncated": true`` in its data. If it still does not fit (e.g. one huge string), the
+    result is replaced by an error. The returned message always serialises below limit.
+    """
+    if json_size(message) < limit:
+        return message
+    data = message.get("data")
+    if isinstance(data, dict):
+        data["truncated"] = True
+        while json_size(message) >= limit:
+            size, biggest = _largest_list(data, (0, None))
+            if biggest is None:
+                break
+            del biggest[len(biggest) // 2 :]
+    if json_size(message) < limit:
+        return message
+    return {
+        "type": "result",
+        "job_id": message.get("job_id"),
+        "success": False,
+        "error": "The result was too large to send; see the worker's log on your machine.",
+        "error_code": "internal",
+    }
+
+
+def safe_print(text: str, stream: Any = None) -> None:
+    """print() that never fails on consoles that cannot show some characters."""
+    stream = stream or sys.stdout
+    if stream is None:  # pythonw.exe (Windows autostart) has no console
+        return
+    try:
+        stream.write(text + "\n")
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, errors="replace").decode(encoding) + "\n")
+    except (OSError, ValueError):
+        return
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Console:
+    """User-facing status lines on the terminal (also written to the log file)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def status(self, text: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {text}"
+        with self._lock:
+            self.lines.append(text)
+            safe_print(line, self.stream)
+        log.info("%s", text)
+
+    def plain(self, text: str) -> None:
+        with self._lock:
+            self.lines.append(text)
+            safe_print(text, self.stream)
+
+
+def setup_logging(log_file: Path, verbose: bool) -> None:
+    """Rotating log file in ~/.statsbot/logs; with --verbose also debug lines on stderr."""
+    root = logging.getLogger("statsbot_worker")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(
+            str(log_file), maxBytes=2 * 1024 * 1024, backupCount=3, encoding="utf-8"
+        )
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    except OSError as exc:
+        safe_print(f"Warning: cannot write the log file {log_file}: {exc}", sys.stderr)
+    if verbose:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+
+
+# --------------------------------------------------------------------------- packages
+
+
+def package_versions(names: tuple[str, ...] = REQUIRED_PACKAGES + OPTIONAL_PACKAGES) -> dict[str, str | None]:
+    """Installed versions by distribution name, read from metadata (nothing is imported)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        versions[name] = None
+        for dist in DIST_ALIASES.get(name, (name,)):
+            try:
+                versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+            except Exception:  # a broken installation must not stop the worker from explaining
+                log.debug("cannot read the version of %s", dist, exc_info=True)
+    return versions
+
+
+def missing_required(versions: dict[str, str | None]) -> list[str]:
+    """Required packages that are absent or older than the worker can use."""
+    missing = []
+    for name in REQUIRED_PACKAGES:
+        version = versions.get(name)
+        minimum = MIN_VERSIONS.get(name)
+        if version is None or (minimum and parse_version(version)[:2] < minimum):
+            missing.append(name)
+    return missing
+
+
+def available_models(versions: dict[str, str | None]) -> list[str]:
+    models = []
+    if versions.get("lightgbm"):
+        models.append("lightgbm")
+    if versions.get("scikit-learn"):
+        models.extend(["random_forest", "linear"])
+    if versions.get("xgboost"):
+        models.append("xgboost")
+    return models
+
+
+def requirements_for(version_info: tuple[int, ...] = tuple(sys.version_info[:2])) -> list[str]:
+    """Pinned, known-good requirements for the private environment on this Python."""
+    if tuple(version_info[:2]) <= (3, 13):
+        return list(PINNED_REQUIREMENTS)
+    return list(UNPINNED_REQUIREMENTS)
+
+
+def venv_python(venv_dir: Path) -> Path:
+    if os.name == "nt":
+        return venv_dir / "Scripts" / "python.exe"
+    return venv_dir / "bin" / "python"
+
+
+def running_in_venv(venv_dir: Path) -> bool:
+    try:
+        return Path(sys.prefix).resolve() == venv_dir.resolve()
+    except OSError:
+        return False
+
+
+def pip_command(requirements: list[str], python: str | None = None) -> str:
+    exe = python or (Path(sys.executable).name if sys.executable else "python3")
+    return f"{exe} -m pip install " + " ".join(f'"{r}"' for r in requirements)
+
+
+# --------------------------------------------------------------------------- CLI and config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see --help)."""
+    parser = argparse.ArgumentParser(
+        prog="statsbot_worker.py",
+        description="StatsBot local worker: train and predict on this machine from Telegram.",
+    )
+    parser.add_argument("--token", help="one-time token from /connect in the bot")
+    parser.add_argument(
+        "--server",
+        help="server URL (wss://HOST/ws/worker/ or https://HOST); default: the server this "
+        "script came from, then the one saved in config.json",
+    )
+    parser.add_argument("--yes", "-y", action="store_true", help="install missing packages without asking")
+    parser.add_argument(
+        "--no-install", action="store_true", help="never install packages; print the pip command instead"
+    )
+    parser.add_argument(
+        "--autostart",
+        nargs="?",
+        const="on",
+        choices=["on", "off"],
+        help="start the worker automatically at login (--autostart off removes it)",
+    )
+    parser.add_argument(
+        "--allow-dir",
+        action="append",
+        metavar="DIR",
+        help="folder the worker may read (repeatable; default: the folders of the last run, else your home)",
+    )
+    parser.add_argument(
+        "--models-dir", metavar="DIR", help="where models are saved (default ~/.statsbot/models)"
+    )
+    parser.add_argument(
+        "--max-file-size",
+        type=float,
+        metavar="MB",
+        help=f"largest input file in MB (default {DEFAULT_MAX_FILE_MB})",
+    )
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="keep running in this terminal (with --autostart: enable it for the next login only)",
+    )
+    parser.add_argument(
+        "--no-update", action="store_true", help="do not update this script when the server asks"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
+    parser.add_argument("--version", action="store_true", help="print the worker version and exit")
+    args = parser.parse_args(argv)
+    if args.max_file_size is not None and not (args.max_file_size > 0):
+        parser.error("--max-file-size must be a positive number of MB")
+    if args.yes and args.no_install:
+        parser.error("--yes and --no-install contradict each other")
+    return args
+
+
+def normalize_server_url(url: str) -> str:
+    """ws(s)://HOST/ws/worker/ from a ws(s) or http(s) URL (http(s) paths are mapped)."""
+    url = (url or "").strip()
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("ws", "wss", "http", "https") or not parsed.netloc:
+        raise UsageError(
+            f"Server URL {url!r} is not valid: use wss://HOST/ws/worker/ or https://HOST "
+            "(ws:// and http:// for a local test server)."
+        )
+    if scheme in ("ws", "wss"):
+        path = parsed.path or "/"
+        if path == "/":
+            path = "/ws/worker/"
+        return urllib.parse.urlunsplit((scheme, parsed.netloc, path, parsed.query, ""))
+    path = parsed.path.rstrip("/")
+    for suffix in ("/ws/worker", "/worker"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    return urllib.parse.urlunsplit((ws_scheme, parsed.netloc, path + "/ws/worker/", "", ""))
+
+
+def download_url_for(server_url: str) -> str:
+    """The http(s) URL the server serves this script at, from its WebSocket URL."""
+    parsed = urllib.parse.urlsplit(server_url)
+    scheme = "https" if parsed.scheme == "wss" else "http"
+    path = parsed.path.rstrip("/")
+    if path.endswith("/ws/worker"):
+        path = path[: -len("/ws/worker")]
+    return urllib.parse.urlunsplit((scheme, parsed.netloc, path + "/worker", "", ""))
+
+
+def same_origin(server_url: str, other_url: str) -> bool:
+    """True when other_url is on the server's host and port, over the matching scheme."""
+    server = urllib.parse.urlsplit(server_url)
+    other = urllib.parse.urlsplit(other_url)
+    expected = "https" if server.scheme == "wss" else "http"
+    if other.scheme != expected and not (expected == "http" and other.scheme == "https"):
+        return False
+    return (server.hostname or "").lower() == (other.hostname or "").lower() and _port(server) == _port(other)
+
+
+def _port(parts: urllib.parse.SplitResult) -> int:
+    if parts.port:
+        return parts.port
+    return 443 if parts.scheme in ("https", "wss") else 80
+
+
+class ConfigStore:
+    """~/.statsbot/config.json, always written with mode 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable config %s: %s", self.path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, data: dict) -> None:
+        with self._lock:
+            write_private_file(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def update(self, **changes: Any) -> dict:
+        data = self.load()
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        self.save(data)
+        return data
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Atomically write text to path, readable by the owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.chmod(tmp, 0o600)
+        except OSError:  # Windows: best effort
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class Settings:
+    """Everything a running worker needs, resolved from the CLI and config.json."""
+
+    paths: Paths
+    server: str
+    machine_id: str
+    allowed_roots: list[Path]
+    models_dir: Path
+    max_file_bytes: int
+    token: str | None = None
+    credential: str | None = None
+    no_update: bool = False
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.paths.outputs
+
+
+def resolve_dir(raw: str, what: str) -> Path:
+    if "\x00" in raw:
+        raise UsageError(f"{what} {raw!r} contains a NUL byte.")
+    path = Path(os.path.realpath(os.path.expanduser(raw)))
+    if not path.is_dir():
+        raise UsageError(f"{what} {raw}: no such folder.")
+    return path
+
+
+def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Settings:
+    """Merge command line, the script's built-in server and config.json (in that order)."""
+    if args.server:
+        server = normalize_server_url(args.server)
+    elif DEFAULT_SERVER != _UNFILLED_SERVER:
+        server = normalize_server_url(DEFAULT_SERVER)
+    elif saved.get("server"):
+        server = normalize_server_url(str(saved["server"]))
+    else:
+        raise UsageError(
+            "No server URL: this copy of the script was not downloaded from a StatsBot server. "
+            "Pass --server wss://HOST/ws/worker/."
+        )
+    credential = saved.get("credential") if saved.get("server") == server else None
+    if args.allow_dir:
+        roots = [resolve_dir(d, "--allow-dir") for d in args.allow_dir]
+    elif saved.get("allowed_dirs"):
+        roots = [Path(os.path.realpath(str(d))) for d in saved["allowed_dirs"]]
+    else:
+        roots = [Path(os.path.realpath(str(Path.home())))]
+    if args.models_dir:
+        models_dir = Path(os.path.realpath(os.path.expanduser(args.models_dir)))
+    elif saved.get("models_dir"):
+        models_dir = Path(str(saved["models_dir"]))
+    else:
+        models_dir = paths.models
+    if args.max_file_size is not None:
+        max_mb = float(args.max_file_size)
+    else:
+        max_mb = float(saved.get("max_file_size_mb") or DEFAULT_MAX_FILE_MB)
+    machine_id = saved.get("machine_id") or secrets.token_hex(16)
+    return Settings(
+        paths=paths,
+        server=server,
+        machine_id=str(machine_id),
+        allowed_roots=roots,
+        models_dir=models_dir,
+        max_file_bytes=int(max_mb * 1024 * 1024),
+        token=args.token or None,
+        credential=credential,
+        no_update=bool(getattr(args, "no_update", False)),
+    )
+
+
+def settings_to_config(settings: Settings, saved: dict) -> dict:
+    data = dict(saved)
+    data.update(
+        {
+            "server": settings.server,
+            "machine_id": settings.machine_id,
+            "allowed_dirs": [str(p) for p in settings.allowed_roots],
+            "models_dir": str(settings.models_dir),
+            "max_file_size_mb": round(settings.max_file_bytes / (1024 * 1024), 3),
+            "worker_version": WORKER_VERSION,
+        }
+    )
+    if settings.credential:
+        data["credential"] = settings.credential
+    elif saved.get("server") != settings.server:
+        data.pop("credential", None)
+    return data
+
+
+def strip_args(argv: list[str], names: tuple[str, ...], with_value: tuple[str, ...] = ()) -> list[str]:
+    """argv without the given flags (``--x v``, ``--x=v`` and bare ``--x``)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            if "=" not in arg and name in with_value:
+                skip = True
+            elif (
+                "=" not in arg
+                and name == "--autostart"
+                and i + 1 < len(argv)
+                and argv[i + 1] in ("on", "off")
+            ):
+                skip = True
+            continue
+        out.append(arg)
+    return out
+
+
+# --------------------------------------------------------------------------- path safety
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True when the resolved path is root itself or inside it (no string-prefix tricks)."""
+    p = os.path.normcase(str(path))
+    r = os.path.normcase(str(root))
+    try:
+        return os.path.commonpath([p, r]) == r
+    except ValueError:  # different drives on Windows
+        return False
+
+
+def _roots_text(roots: list[Path]) -> str:
+    return ", ".join(str(r) for r in roots) or "none"
+
+
+def resolve_user_path(raw: Any, allowed_roots: list[Path], what: str = "file_path") -> Path:
+    """Expand ~, reject NUL and '..', resolve symlinks and require a place inside a root."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise JobError("invalid_params", f"{what} must be a non-empty path.")
+    raw = raw.strip()
+    if "\x00" in raw:
+        raise JobError("path_not_allowed", f"{what} contains a NUL byte.")
+    expanded = os.path.expanduser(raw)
+    parts = re.split(r"[\\/]+", expanded)
+    if ".." in parts:
+        raise JobError("path_not_allowed", f"{raw} contains '..'; give the full path to the file.")
+    if not os.path.isabs(expanded):
+        expanded = os.path.join(str(Path.home()), expanded)
+    resolved = Path(os.path.realpath(expanded))
+    if not any(is_within(resolved, root) for root in allowed_roots):
+        suggestion = resolved.parent if resolved.suffix else resolved
+        raise JobError(
+            "path_not_allowed",
+            f"{raw} is outside the folders this worker may read ({_roots_text(allowed_roots)}). "
+            f"Start the worker with --allow-dir {suggestion} to allow it.",
+        )
+    return resolved
+
+
+def check_input_file(raw: Any, allowed_roots: list[Path], max_bytes: int) -> tuple[Path, str]:
+    """Validate an input path from the server; returns the resolved path and its format."""
+    path = resolve_user_path(raw, allowed_roots)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise JobError("file_not_found", f"{raw}: no such file.") from None
+    except PermissionError:
+        raise JobError("unreadable", f"{raw}: permission denied.") from None
+    except OSError as exc:
+        raise JobError("unreadable", f"{raw}: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise JobError("not_a_file", f"{raw} is a folder, not a file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise JobError("not_a_file", f"{raw} is not a regular file (device, pipe or socket).")
+    fmt = ALLOWED_EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        allowed = ", ".join(sorted(ALLOWED_EXTENSIONS))
+        raise JobError("bad_extension", f"{path.name}: unsupported file type; use one of {allowed}.")
+    if not os.access(path, os.R_OK):
+        raise JobError("unreadable", f"{raw}: this worker has no permission to read it.")
+    if st.st_size == 0:
+        raise JobError("empty_file", f"{raw} is empty.")
+    if st.st_size > max_bytes:
+        raise JobError(
+            "file_too_large",
+            f"{path.name} is {fmt_bytes(st.st_size)}, over this worker's limit of {fmt_bytes(max_bytes)}. "
+            "Start the worker with --max-file-size MB to raise it.",
+        )
+    return path, fmt
+
+
+def check_output_path(raw: Any, allowed_roots: list[Path], input_path: Path) -> Path:
+    """An output CSV path from the server: inside a root, .csv, in an existing writable folder."""
+    path = resolve_user_path(raw, allowed_roots, what="output_path")
+    if path.suffix.lower() != ".csv":
+        raise JobError("bad_extension", "output_path must end in .csv.")
+    if path == input_path:
+        raise JobError("invalid_params", "output_path must not be the input file.")
+    if path.exists() and not path.is_file():
+        raise JobError("not_a_file", f"{raw} exists and is not a regular file.")
+    if not path.parent.is_dir():
+        raise JobError("file_not_found", f"Folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise JobError("unreadable", f"Folder {path.parent} is not writable.")
+    return path
+
+
+def validate_model_id(model_id: Any) -> str:
+    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id) or ".." in model_id:
+        raise JobError(
+            "invalid_model_id",
+            "model_id must be a model name (letters, digits, '_', '-', '.'), not a path.",
+        )
+    return model_id
+
+
+def model_dir_for(models_dir: Path, model_id: str) -> Path:
+    """The folder of a model, guaranteed to be directly inside models_dir."""
+    validate_model_id(model_id)
+    root = Path(os.path.realpath(str(models_dir)))
+    candidate = root / model_id
+    resolved = Path(os.path.realpath(str(candidate)))
+    if resolved == root or resolved.parent != root or not is_within(resolved, root):
+        raise JobError("invalid_model_id", f"{model_id} is not a model in {root}.")
+    return resolved
+
+
+# --------------------------------------------------------------------------- jobs: context
+
+
+class JobContext:
+    """What a job function gets: its params, settings, progress reporting and cancellation."""
+
+    def __init__(
+        self,
+        job_id: str,
+        params: dict,
+        settings: Settings,
+        emit: Callable[[dict], None] | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.params = params
+        self.settings = settings
+        self.cancel_event = cancel_event or threading.Event()
+        self._emit = emit
+        self._last_sent = 0.0
+        self._last_status = ""
+
+    def checkpoint(self) -> None:
+        if self.cancel_event.is_set():
+            raise JobCancelled()
+
+    def progress(self, percent: float, status: str, message: str, force: bool = False) -> None:
+        """Send a progress update (rate limited unless the status changes), then check for cancel."""
+        self.checkpoint()
+        now = time.monotonic()
+        changed = status != self._last_status
+        if self._emit and (
+            force or changed or percent >= 100 or now - self._last_sent >= PROGRESS_MIN_INTERVAL_S
+        ):
+            self._last_sent = now
+            self._last_status = status
+            self._emit(
+                {
+                    "type": "progress",
+                    "job_id": self.job_id,
+                    "status": status,
+                    "progress": int(max(0, min(100, percent))),
+                    "message": short_text(message, 300),
+                }
+            )
+        log.debug("job %s %s %d%% %s", self.job_id, status, int(percent), message)
+
+
+def _require(module: str, purpose: str) -> Any:
+    """Import a package lazily; a missing one becomes a clear missing_packages error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        dist = {"sklearn": "scikit-learn"}.get(module.split(".")[0], module.split(".")[0])
+        raise JobError(
+            "missing_packages",
+            f"{purpose} needs the '{dist}' package, which is not installed here: {pip_command([dist])}",
+        ) from exc
+
+
+def _pandas() -> Any:
+    return _require("pandas", "Reading data")
+
+
+# --------------------------------------------------------------------------- jobs: reading data
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The delimiter of a .csv file (',', ';', tab or '|'), guessed from its first 64 KB."""
+    import csv
+
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    text = head.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if len(lines) > 1 and not head.endswith((b"\n", b"\r")) and len(head) == 65536:
+        lines = lines[:-1]  # drop a line cut by the 64 KB window
+    sample = "\n".join(lines[:50])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _csv_kwargs(path: Path, fmt: str) -> dict:
+    sep = "\t" if fmt == "tsv" else sniff_delimiter(path)
+    return {"sep": sep, "encoding": "utf-8-sig", "encoding_errors": "replace"}
+
+
+def _str_columns(df: Any) -> Any:
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def read_columns(path: Path, fmt: str) -> list[str]:
+    """Column names only (header / schema), without reading the data."""
+    if fmt in ("csv", "tsv"):
+        pd = _pandas()
+        return [str(c) for c in pd.read_csv(path, nrows=0, **_csv_kwargs(path, fmt)).columns]
+    if fmt == "parquet":
+        pq = _require("pyarrow.parquet", "Reading Parquet files")
+        return [str(n) for n in pq.read_schema(str(path)).names]
+    if fmt == "excel":
+        openpyxl = _require("openpyxl", "Reading Excel files")
+        wb = openpyxl.load_workbook(str(path), read_only=True, data_only=True)
+        try:
+            ws = wb.worksheets[0]
+            for row in ws.iter_rows(min_row=1, max_row=1, values_only=True):
+                return _header_names(row)
+            return []
+        finally:
+            wb.close()
+    _require("xlrd", "Reading .xls files")
+    pd = _pandas()
+    return [str(c) for c in pd.read_excel(path, nrows=0).columns]
+
+
+def _header_names(row: tuple) -> list[str]:
+    names = []
+    for i, value in enumerate(row):
+        names.append(str(value) if value is not None else f"Unnamed: {i}")
+    while names and names[-1].startswith("Unnamed: ") and row[len(names) - 1] is None:
+        names.pop()
+    return names
+
+
+def read_table(path: Path, fmt: str, columns: list[str] | None = None, nrows: int | None = None) -> Any:
+    """A whole table (or its first nrows) as a DataFrame with string column names."""
+    pd = _pandas()
+    if fmt in ("csv", "tsv"):
+        df = pd.read_csv(path, usecols=columns, nrows=nrows, **_csv_kwargs(path, fmt))
+    elif fmt == "parquet":
+        pq = _require("pyarrow.parquet", "Reading Parquet files")
+        if nrows is None:
+            df = pq.read_table(str(path), columns=columns).to_pandas()
+        else:
+            pf = pq.ParquetFile(str(path))
+            batches = pf.iter_batches(batch_size=nrows, columns=columns)
+            batch = next(iter(batches), None)
+            df = batch.to_pandas() if batch is not None else pf.schema_arrow.empty_table().to_pandas()
+    elif fmt == "excel":
+        _require("openpyxl", "Reading Excel files")
+        df = pd.read_excel(path, sheet_name=0, usecols=columns, nrows=nrows, engine="openpyxl")
+    else:
+        _require("xlrd", "Reading .xls files")
+        df = pd.read_excel(path, sheet_name=0, usecols=columns, nrows=nrows)
+    return _str_columns(df)
+
+
+def iter_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[Any]:
+    """The table in DataFrames of at most chunk_rows rows; memory stays flat for CSV/Parquet/xlsx."""
+    pd = _pandas()
+    if fmt in ("csv", "tsv"):
+        with pd.read_csv(path, chunksize=chunk_rows, **_csv_kwargs(path, fmt)) as reader:
+            for chunk in reader:
+                yield _str_columns(chunk)
+    elif fmt == "parquet":
+        pq = _require("pyarrow.parquet", "Reading Parquet files")
+        pf = pq.ParquetFile(str(path))
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            yield _str_columns(batch.to_pandas())
+    elif fmt == "excel":
+        yield from _iter_xlsx_chunks(path, chunk_rows)
+    else:
+        df = read_table(path, fmt)
+        for start in range(0, len(df), chunk_rows):
+            yield df.iloc[start : start + chunk_rows]
+
+
+def _iter_xlsx_chunks(path: Path, chunk_rows: int) -> Iterator[Any]:
+    pd = _pandas()
+    openpyxl = _require("openpyxl", "Reading Excel files")
+    wb = openpyxl.load_workbook(str(path), read_only=True, data_only=True)
+    try:
+        rows = wb.worksheets[0].iter_rows(values_only=True)
+        header_row = next(rows, None)
+        if header_row is None:
+            return
+        header = _header_names(header_row)
+        width = len(header)
+        buffer: list[tuple] = []
+        for row in rows:
+            values = tuple(row[:width]) + (None,) * max(0, width - len(row))
+            if all(v is None for v in values):
+                continue
+            buffer.append(values)
+            if len(buffer) >= chunk_rows:
+                yield pd.DataFrame.from_records(buffer, columns=header)
+                buffer = []
+        if buffer:
+            yield pd.DataFrame.from_records(buffer, columns=header)
+    finally:
+        wb.close()
+
+
+def count_csv_rows(path: Path) -> tuple[int, bool]:
+    """Data rows of a CSV counted from newlines in 1 MB binary blocks (header excluded).
+
+    The count is exact unless the file has quoted fields (which may hold newlines) or blank
+    lines (which readers skip); the second value says which.
+    """
+    newlines = 0
+    exact = True
+    last = b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(1024 * 1024)
+            if not block:
+                break
+            newlines += block.count(b"\n")
+            if exact and (b'"' in block or b"\n\n" in block or b"\n\r\n" in block):
+                exact = False
+            last = block[-1:]
+    lines = newlines + (1 if last and last != b"\n" else 0)
+    return max(0, lines - 1), exact
+
+
+def count_rows(path: Path, fmt: str) -> tuple[int | None, bool]:
+    """(data rows, exact?) without loading the table."""
+    if fmt in ("csv", "tsv"):
+        return count_csv_rows(path)
+    if fmt == "parquet":
+        pq = _require("pyarrow.parquet", "Reading Parquet files")
+        return int(pq.ParquetFile(str(path)).metadata.num_rows), True
+    if fmt == "excel":
+        openpyxl = _require("openpyxl", "Reading Excel files")
+        wb = openpyxl.load_workbook(str(path), read_only=True, data_only=True)
+        try:
+            ws = wb.worksheets[0]
+            max_row = ws.max_row
+            return (max(0, int(max_row) - 1), False) if max_row else (None, False)
+        finally:
+            wb.close()
+    return None, False
+
+
+# --------------------------------------------------------------------------- jobs: column logic
+
+
+def column_kind(series: Any) -> str:
+    """'numeric', 'datetime' or 'categorical' for a feature column."""
+    pd = _pandas()
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime"
+    return "categorical"
+
+
+def _integral(values: Any) -> bool:
+    np = _require("numpy", "Training")
+    arr = np.asarray(values, dtype="float64")
+    arr = arr[np.isfinite(arr)]
+    return bool(arr.size) and bool(np.all(np.floor(arr) == arr))
+
+
+def detect_task(series: Any) -> str:
+    """classification for text/bool targets or integers with at most 20 distinct values."""
+    pd = _pandas()
+    values = series.dropna()
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return "classification"
+    if values.nunique() <= 20 and _integral(values):
+        return "classification"
+    return "regression"
+
+
+def suggest_task(series: Any) -> str | None:
+    """What a column could be predicted as, or None for constant/empty/identifier columns."""
+    pd = _pandas()
+    values = series.dropna()
+    n_unique = int(values.nunique())
+    if n_unique < 2:
+        return None
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not numeric and n_unique > MAX_CLASSES:
+        return None  # free text or identifiers
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return None
+    return detect_task(values)
+
+
+def build_feature_schema(df: Any, features: list[str]) -> tuple[list[dict], list[str]]:
+    """Per-feature kind and, for text columns, the categories kept (most frequent first)."""
+    schema: list[dict] = []
+    warnings: list[str] = []
+    n = len(df)
+    for name in features:
+        kind = column_kind(df[name])
+        entry: dict = {"name": name, "kind": kind}
+        if kind == "categorical":
+            values = df[name].dropna().astype(str)
+            counts = values.value_counts()
+            if len(counts) > MAX_CATEGORIES:
+                warnings.append(
+                    f"Column '{name}' has {fmt_int(len(counts))} distinct values; kept the "
+                    f"{fmt_int(MAX_CATEGORIES)} most frequent, the others count as missing."
+                )
+            if n and len(counts) >= 0.9 * n and n > 50:
+                warnings.append(f"Column '{name}' looks like an identifier (almost every value is unique).")
+            entry["categories"] = sorted(str(c) for c in counts.index[:MAX_CATEGORIES])
+        schema.append(entry)
+    return schema, warnings
+
+
+def prepare_features(df: Any, schema: list[dict]) -> Any:
+    """Features in a fixed layout: float64 numbers, and categories with the training lists.
+
+    Text values never seen in training become missing, so prediction maps every value
+    exactly as training did, whatever dtypes the reader produced for this chunk.
+    """
+    pd = _pandas()
+    out = {}
+    for entry in schema:
+        name = entry["name"]
+        col = df[name]
+        if entry["kind"] == "numeric":
+            out[name] = _to_float(col)
+        elif entry["kind"] == "datetime":
+            ts = pd.to_datetime(col, errors="coerce", utc=True)
+            out[name] = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype("float64")
+        else:
+            text = col.astype(str)  # the same text str() gives, vectorised
+            text = text.where(col.notna() & text.isin(entry["categories"]))
+            out[name] = pd.Series(
+                pd.Categorical(text, categories=entry["categories"]), index=df.index, name=name
+            )
+    return pd.DataFrame(out, index=df.index)
+
+
+def _to_float(col: Any) -> Any:
+    """float64 values of a column; text that is not a number (or true/false) becomes NaN."""
+    pd = _pandas()
+    if pd.api.types.is_float_dtype(col.dtype) and str(col.dtype) == "float64":
+        return col
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+        return col.astype("float64")
+    lowered = col.astype(str).str.strip().str.lower()
+    flags = lowered.map({"true": 1.0, "false": 0.0})
+    return pd.to_numeric(col.where(flags.isna()), errors="coerce").astype("float64").fillna(flags)
+
+
+def design_matrix(model_type: str, features: Any, schema: list[dict]) -> Any:
+    """What each model family is fitted on, derived from prepare_features' output."""
+    if model_type in ("lightgbm", "xgboost"):
+        return features
+    pd = _pandas()
+    np = _require("numpy", "Training")
+    out = {}
+    for entry in schema:
+        col = features[entry["name"]]
+        if entry["kind"] != "categorical":
+            out[entry["name"]] = col
+        elif model_type == "random_forest":
+            codes = col.cat.codes.astype("float64")
+            out[entry["name"]] = codes.where(codes >= 0, np.nan)
+        else:
+            out[entry["name"]] = col.astype(object).where(col.notna(), "__missing__").astype(object)
+    return pd.DataFrame(out, index=features.index)
+
+
+# --------------------------------------------------------------------------- jobs: models
+
+MODEL_ALIASES = {
+    "lightgbm": "lightgbm",
+    "lgbm": "lightgbm",
+    "lgb": "lightgbm",
+    "random_forest": "random_forest",
+    "randomforest": "random_forest",
+    "rf": "random_forest",
+    "forest": "random_forest",
+    "linear": "linear",
+    "linear_regression": "linear",
+    "logistic": "linear",
+    "logistic_regression": "linear",
+    "xgboost": "xgboost",
+    "xgb": "xgboost",
+}
+MODEL_LABELS = {
+    "lightgbm": "LightGBM",
+    "random_forest": "Random Forest",
+    "linear": "linear model",
+    "xgboost": "XGBoost",
+}
+
+
+def normalize_model_type(raw: Any) -> str:
+    if raw is None or raw == "":
+        return "lightgbm"
+    key = str(raw).strip().lower().replace("-", "_").replace(" ", "_")
+    if key not in MODEL_ALIASES:
+        raise JobError(
+            "invalid_params", f"Unknown model_type {raw!r}; use lightgbm, random_forest, linear or xgboost."
+        )
+    return MODEL_ALIASES[key]
+
+
+def random_forest_settings(n_rows: int, task: str = "classification") -> tuple[dict, list[str]]:
+    """Forest parameters with limits that keep big data affordable, and what they cost."""
+    params: dict = {"n_estimators": 100, "n_jobs": -1, "random_state": 42}
+    warnings: list[str] = []
+    if n_rows > RF_BIG_DATA_ROWS:
+        params.update({"max_depth": 16, "max_samples": 0.3, "min_samples_leaf": 5})
+        if task == "regression":
+            params["max_features"] = 0.5
+        warnings.append(
+            f"Random forest on {fmt_int(n_rows)} rows is slow, so it was limited to 100 trees of depth 16, "
+            "each on 30% of the rows. Even so it takes about 3-15 times as long as LightGBM, "
+            "which is usually at least as accurate on data this size."
+        )
+    return params, warnings
+
+
+def make_estimator(model_type: str, task: str, n_rows: int, schema: list[dict]) -> tuple[Any, list[str]]:
+    """An unfitted estimator for the model family and task, plus warnings about its cost."""
+    classification = task == "classification"
+    if model_type == "lightgbm":
+        lgb = _require("lightgbm", "LightGBM")
+        cls = lgb.LGBMClassifier if classification else lgb.LGBMRegressor
+        return cls(n_estimators=200, learning_rate=0.05, num_leaves=31, random_state=42, verbose=-1), []
+    if model_type == "xgboost":
+        xgb = _require("xgboost", "XGBoost")
+        cls = xgb.XGBClassifier if classification else xgb.XGBRegressor
+        return cls(
+            n_estimators=200,
+            learning_rate=0.1,
+            tree_method="hist",
+            enable_categorical=True,
+            max_cat_to_onehot=1,
+            random_state=42,
+        ), []
+    ensemble = _require("sklearn.ensemble", "Random forest")
+    impute = _require("sklearn.impute", "Training")
+    pipeline = _require("sklearn.pipeline", "Training")
+    if model_type == "random_forest":
+        params, warnings = random_forest_settings(n_rows, task)
+        cls = ensemble.RandomForestClassifier if classification else ensemble.RandomForestRegressor
+        return pipeline.Pipeline(
+            [
+                ("impute", impute.SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("model", cls(**params)),
+            ]
+        ), warnings
+    linear = _require("sklearn.linear_model", "Linear models")
+    compose = _require("sklearn.compose", "Linear models")
+    prep = _require("sklearn.preprocessing", "Linear models")
+    numeric = [e["name"] for e in schema if e["kind"] != "categorical"]
+    categorical = [e["name"] for e in schema if e["kind"] == "categorical"]
+    transformers = []
+    if numeric:
+        transformers.append(
+            (
+                "num",
+                pipeline.Pipeline(
+                    [
+                        ("impute", impute.SimpleImputer(strategy="median", keep_empty_features=True)),
+                        ("scale", prep.StandardScaler()),
+                    ]
+                ),
+                numeric,
+            )
+        )
+    if categorical:
+        transformers.append(("cat", prep.OneHotEncoder(handle_unknown="ignore"), categorical))
+    model = linear.LogisticRegression(max_iter=1000) if classification else linear.LinearRegression()
+    return pipeline.Pipeline([("prep", compose.ColumnTransformer(transformers)), ("model", model)]), []
+
+
+def fit_with_progress(estimator: Any, model_type: str, X: Any, y: Any, ctx: JobContext, n_train: int) -> None:
+    """Fit, reporting progress (and honouring cancel) inside the fit where the library allows."""
+    label = MODEL_LABELS[model_type]
+    message = f"Training {label} on {fmt_int(n_train)} rows\u2026"
+    ctx.progress(40, "training", message, force=True)
+    if model_type == "lightgbm":
+        total = int(estimator.get_params()["n_estimators"])
+
+        def callback(env: Any) -> None:
+            done = env.iteration + 1
+            if done % 10 == 0 or done == total:
+                ctx.progress(40 + 40 * done / total, "training", f"{message} {done}/{total} trees")
+
+        estimator.fit(X, y, callbacks=[callback])
+    elif model_type == "random_forest":
+        imputer, forest = estimator.steps[0][1], estimator.steps[-1][1]
+        Xi = imputer.fit_transform(X)
+        total = int(forest.get_params()["n_estimators"])
+        forest.set_params(warm_start=True)
+        grown = 0
+        while grown < total:
+            grown = min(total, grown + 10)
+            forest.set_params(n_estimators=grown)
+            forest.fit(Xi, y)
+            ctx.progress(40 + 40 * grown / total, "training", f"{message} {grown}/{total} trees")
+        forest.set_params(warm_start=False)
+    else:
+        estimator.fit(X, y)
+    ctx.checkpoint()
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict:
+    metrics = _require("sklearn.metrics", "Evaluation")
+    return {
+        "r2": round_float(metrics.r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
+        "rmse": round_float(math.sqrt(metrics.mean_squared_error(y_true, y_pred))),
+        "mae": round_float(metrics.mean_absolute_error(y_true, y_pred)),
+    }
+
+
+def classification_metrics(y_true: Any, y_pred: Any, proba: Any, n_classes: int) -> dict:
+    """accuracy, f1 (binary for two classes, else weighted) and roc_auc for binary tasks."""
+    metrics = _require("sklearn.metrics", "Evaluation")
+    out = {"accuracy": round_float(metrics.accuracy_score(y_true, y_pred))}
+    if n_classes == 2:
+        out["f1"] = round_float(
+            metrics.f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0)
+        )
+        if proba is not None and len(set(int(v) for v in y_true)) == 2:
+            out["roc_auc"] = round_float(metrics.roc_auc_score(y_true, proba[:, 1]))
+        else:
+            out["roc_auc"] = None
+    else:
+        out["f1"] = round_float(metrics.f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    return out
+
+
+def main_metric(task: str, metrics: dict) -> dict:
+    if task == "regression":
+        return {"name": "r2", "value": metrics.get("r2")}
+    if metrics.get("roc_auc") is not None:
+        return {"name": "roc_auc", "value": metrics["roc_auc"]}
+    return {"name": "accuracy", "value": metrics.get("accuracy")}
+
+
+def raw_importances(estimator: Any, model_type: str, schema: list[dict]) -> list[float]:
+    """One non-negative importance per feature, in schema order."""
+    np = _require("numpy", "Training")
+    names = [e["name"] for e in schema]
+    if model_type == "lightgbm":
+        values = estimator.booster_.feature_importance(importance_type="gain")
+    elif model_type == "xgboost":
+        values = estimator.feature_importances_
+    elif model_type == "random_forest":
+        values = estimator.steps[-1][1].feature_importances_
+    else:
+        values = _linear_importances(estimator, schema)
+    values = np.abs(np.asarray(values, dtype="float64"))
+    return [float(v) for v in values[: len(names)]]
+
+
+def _linear_importances(pipeline: Any, schema: list[dict]) -> list[float]:
+    """|coefficients| summed back onto each original feature (one-hot columns per category)."""
+    np = _require("numpy", "Training")
+    model = pipeline.steps[-1][1]
+    coefs = np.abs(np.atleast_2d(np.asarray(model.coef_, dtype="float64"))).mean(axis=0)
+    prep = pipeline.steps[0][1]
+    numeric = [e["name"] for e in schema if e["kind"] != "categorical"]
+    categorical = [e["name"] for e in schema if e["kind"] == "categorical"]
+    per_feature: dict[str, float] = {}
+    pos = 0
+    for name in numeric:
+        per_feature[name] = float(coefs[pos])
+        pos += 1
+    if categorical:
+        encoder = prep.named_transformers_["cat"]
+        for name, cats in zip(categorical, encoder.categories_):  # noqa: B905 (no strict= on 3.9)
+            width = len(cats)
+            per_feature[name] = float(coefs[pos : pos + width].sum())
+            pos += width
+    return [per_feature.get(e["name"], 0.0) for e in schema]
+
+
+def top_importances(names: list[str], values: list[float], top: int = TOP_IMPORTANCES) -> list[dict]:
+    """Importances as shares of the total (all features), the largest `top` of them."""
+    total = sum(v for v in values if math.isfinite(v))
+    if total <= 0:
+        return [{"feature": n, "importance": 0.0} for n in names[:top]]
+    pairs = sorted(zip(names, values), key=lambda p: -p[1])[:top]  # noqa: B905 (no strict= on 3.9)
+    return [{"feature": n, "importance": round(v / total, 6)} for n, v in pairs]
+
+
+def make_model_id(model_type: str, target: str, models_dir: Path, now: _dt.datetime | None = None) -> str:
+    """Readable, unique, path-safe id like lightgbm_price_20251130_123456."""
+    now = now or _dt.datetime.now()
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("._-")[:40] or "target"
+    clean = re.sub(r"\.{2,}", ".", clean)
+    base = f"{model_type}_{clean}_{now.strftime('%Y%m%d_%H%M%S')}"
+    candidate = base
+    n = 2
+    while (models_dir / candidate).exists():
+        candidate = f"{base}_{n}"
+        n += 1
+    return validate_model_id(candidate)
+
+
+def save_model(models_dir: Path, model_id: str, estimator: Any, metadata: dict) -> Path:
+    """model.joblib + metadata.json under models_dir/model_id (metadata written last)."""
+    joblib = _require("joblib", "Saving models")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    directory = models_dir / model_id
+    directory.mkdir()
+    joblib.dump(estimator, directory / "model.joblib")
+    write_file_atomic(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"))
+    return directory
+
+
+def load_model(models_dir: Path, model_id: Any) -> tuple[dict, Any]:
+    directory = model_dir_for(models_dir, validate_model_id(model_id))
+    meta_file = directory / "metadata.json"
+    if not meta_file.is_file():
+        raise JobError("model_not_found", f"No model {model_id} on this machine (see /models in the bot).")
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise JobError("model_not_found", f"Model {model_id} is damaged: {exc}") from None
+    joblib = _require("joblib", "Loading models")
+    model_file = directory / str(metadata.get("model_file") or "model.joblib")
+    if not model_file.is_file() or not is_within(model_file.resolve(), directory):
+        raise JobError("model_not_found", f"Model {model_id} has no model file.")
+    return metadata, joblib.load(model_file)
+
+
+# --------------------------------------------------------------------------- jobs: describe
+
+
+def job_describe(ctx: JobContext) -> dict:
+    """Columns, dtypes, row count and a few rows of a local file."""
+    s = ctx.settings
+    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    ctx.progress(10, "reading", f"Reading {path.name}\u2026")
+    sample = read_table(path, fmt, nrows=DESCRIBE_SAMPLE_ROWS + 1)
+    ctx.checkpoint()
+    if len(sample) <= DESCRIBE_SAMPLE_ROWS:
+        rows, exact = len(sample), True
+    else:
+        sample = sample.iloc[:DESCRIBE_SAMPLE_ROWS]
+        rows, exact = count_rows(path, fmt)
+    ctx.progress(70, "analysing", f"Analysing {len(sample.columns)} columns\u2026")
+    columns = []
+    for name in list(sample.columns)[:DESCRIBE_MAX_COLUMNS]:
+        col = sample[name]
+        columns.append(
+            {
+                "name": json_safe(name, 200),
+                "dtype": str(col.dtype),
+                "missing": int(col.isna().sum()),
+                "unique": int(col.nunique(dropna=True)),
+                "suggested_task": suggest_task(col),
+            }
+        )
+    head = sample.head(5)
+    shown = list(sample.columns)[:DESCRIBE_MAX_COLUMNS]
+    rows_out = [
+        {str(c): json_safe(rec[i]) for i, c in enumerate(shown)}
+        for rec in head[shown].itertuples(index=False)
+    ]
+    return {
+        "file_path": str(path),
+        "format": fmt if fmt != "xls" else "excel",
+        "size_bytes": path.stat().st_size,
+        "rows": rows,
+        "rows_exact": exact,
+        "n_columns": len(sample.columns),
+        "sample_rows": len(sample),
+        "columns": columns,
+        "sample": rows_out,
+    }
+
+
+# --------------------------------------------------------------------------- jobs: train
+
+
+def _list_some(names: list[str], limit: int = 15) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _train_params(params: dict) -> dict:
+    target = params.get("target_column")
+    if not isinstance(target, str) or not target:
+        raise JobError("invalid_params", "target_column is required.")
+    features = params.get("feature_columns")
+    if features is not None and (
+        not isinstance(features, list) or not all(isinstance(f, str) for f in features) or not features
+    ):
+        raise JobError("invalid_params", "feature_columns must be null or a non-empty list of column names.")
+    task = params.get("task_type")
+    if task not in (None, "", "auto", "classification", "regression"):
+        raise JobError("invalid_params", "task_type must be classification, regression or null.")
+    test_size = params.get("test_size", 0.2)
+    try:
+        test_size = float(0.2 if test_size is None else test_size)
+    except (TypeError, ValueError):
+        raise JobError("invalid_params", "test_size must be a number between 0.05 and 0.5.") from None
+    if not 0.05 <= test_size <= 0.5:
+        raise JobError("invalid_params", "test_size must be between 0.05 and 0.5.")
+    return {
+        "target": target,
+        "features": features,
+        "task": task if task in ("classification", "regression") else None,
+        "model_type": normalize_model_type(params.get("model_type")),
+        "test_size": test_size,
+    }
+
+
+def _choose_columns(header: list[str], target: str, features: list[str] | None) -> list[str]:
+    if target not in header:
+        raise JobError(
+            "bad_target", f"Column '{target}' is not in the file. Available columns: {_list_some(header)}."
+        )
+    if features is None:
+        chosen = [c for c in header if c != target]
+    else:
+        missing = [c for c in features if c not in header]
+        if missing:
+            raise JobError(
+                "missing_columns", f"Not in the file: {_list_some(missing)}. Available: {_list_some(header)}."
+            )
+        chosen = [c for c in dict.fromkeys(features) if c != target]
+    if not chosen:
+        raise JobError("invalid_params", "There are no feature columns besides the target.")
+    return chosen
+
+
+def _encode_target(y: Any, task: str, target: str) -> tuple[Any, list | None]:
+    """Numbers for regression; class indices (and the class list) for classification."""
+    pd = _pandas()
+    np = _require("numpy", "Training")
+    if task == "regression":
+        if pd.api.types.is_bool_dtype(y) or not pd.api.types.is_numeric_dtype(y):
+            raise JobError(
+                "bad_target", f"Target '{target}' is not numeric, so it cannot be a regression target."
+            )
+        return y.astype("float64").to_numpy(), None
+    classes_raw = sorted(y.unique().tolist(), key=lambda v: (str(type(v)), v))
+    if len(classes_raw) < 2:
+        raise JobError(
+            "bad_target", f"Target '{target}' has only one value ({classes_raw[0]!r}); nothing to learn."
+        )
+    if len(classes_raw) > MAX_CLASSES:
+        raise JobError(
+            "bad_target",
+            f"Target '{target}' has {fmt_int(len(classes_raw))} different values - too many classes "
+            "(use task_type regression for numbers).",
+        )
+    index = {v: i for i, v in enumerate(classes_raw)}
+    encoded = np.asarray([index[v] for v in y.tolist()], dtype="int64")
+    return encoded, [json_safe(c, 200) for c in classes_raw]
+
+
+def _split(X: Any, y: Any, task: str, test_size: float, warnings: list[str]) -> tuple:
+    ms = _require("sklearn.model_selection", "Training")
+    np = _require("numpy", "Training")
+    stratify = None
+    if task == "classification":
+        counts = np.bincount(y)
+        n_test = math.ceil(len(y) * test_size)
+        if counts[counts > 0].min() >= 2 and n_test >= len(counts):
+            stratify = y
+        else:
+            warnings.append("Some classes have fewer than 2 rows, so the hold-out split is not stratified.")
+    return ms.train_test_split(X, y, test_size=test_size, random_state=42, stratify=stratify)
+
+
+def job_train(ctx: JobContext) -> dict:
+    """Train a model on a local file, evaluate it on a hold-out split and save it."""
+    started = time.monotonic()
+    s = ctx.settings
+    p = _train_params(ctx.params)
+    model_type, target = p["model_type"], p["target"]
+    if model_type == "xgboost":
+        _require("xgboost", "XGBoost")
+    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    ctx.progress(5, "reading", f"Reading {path.name}\u2026", force=True)
+    header = read_columns(path, fmt)
+    features = _choose_columns(header, target, p["features"])
+    df = read_table(path, fmt, columns=[c for c in header if c in set(features) | {target}])
+    ctx.progress(20, "reading", f"Read {fmt_int(len(df))} rows \u00d7 {len(df.columns)} columns")
+    warnings: list[str] = []
+    if df[target].isna().all():
+        raise JobError("bad_target", f"Target '{target}' has no values (every row is empty).")
+    n_missing = int(df[target].isna().sum())
+    if n_missing:
+        df = df[df[target].notna()]
+        warnings.append(f"Dropped {fmt_int(n_missing)} rows where '{target}' is empty.")
+    if len(df) < MIN_TRAIN_ROWS:
+        raise JobError(
+            "not_enough_data",
+            f"Only {len(df)} rows with a target value; at least {MIN_TRAIN_ROWS} are needed.",
+        )
+    task = p["task"] or detect_task(df[target])
+    y, classes = _encode_target(df[target], task, target)
+    ctx.progress(30, "preparing", f"Preparing {len(features)} features ({task})\u2026")
+    schema, schema_warnings = build_feature_schema(df, features)
+    warnings.extend(schema_warnings)
+    X = design_matrix(model_type, prepare_features(df, schema), schema)
+    del df
+    X_train, X_test, y_train, y_test = _split(X, y, task, p["test_size"], warnings)
+    estimator, cost_warnings = make_estimator(model_type, task, len(X_train), schema)
+    warnings.extend(cost_warnings)
+    fit_with_progress(estimator, model_type, X_train, y_train, ctx, len(X_train))
+    ctx.progress(82, "evaluating", f"Evaluating on {fmt_int(len(X_test))} held-out rows\u2026", force=True)
+    result_extra, metrics = _evaluate(estimator, X_test, y_test, task, classes)
+    names = [e["name"] for e in schema]
+    importance = top_importances(names, raw_importances(estimator, model_type, schema))
+    ctx.progress(92, "saving", "Saving the model\u2026", force=True)
+    model_id = make_model_id(model_type, target, s.models_dir)
+    mm = main_metric(task, metrics)
+    metadata = {
+        "format_version": 1,
+        "model_id": model_id,
+        "model_type": model_type,
+        "task_type": task,
+        "target": target,
+        "features": names,
+        "feature_schema": schema,
+        "classes": classes,
+        "metrics": metrics,
+        "main_metric": mm,
+        "feature_importance": importance,
+        "n_rows": int(len(X)),
+        "n_train": int(len(X_train)),
+        "n_test": int(len(X_test)),
+        "training_file": str(path),
+        "created_at": utc_now_iso(),
+        "worker_version": WORKER_VERSION,
+        "packages": {k: v for k, v in package_versions().items() if v},
+        "model_file": "model.joblib",
+    }
+    ctx.checkpoint()
+    directory = save_model(s.models_dir, model_id, estimator, metadata)
+    data = {
+        "model_id": model_id,
+        "model_type": model_type,
+        "task_type": task,
+        "target": target,
+        "features": names,
+        "n_rows": int(len(X)),
+        "n_train": int(len(X_train)),
+        "n_test": int(len(X_test)),
+        "metrics": metrics,
+        "main_metric": mm,
+        "feature_importance": importance,
+        "duration_s": round(time.monotonic() - started, 2),
+        "warnings": warnings,
+        "model_dir": str(directory),
+    }
+    if classes is not None:
+        data["classes"] = classes
+    data.update(result_extra)
+    ctx.progress(100, "done", f"Saved {model_id}", force=True)
+    return data
+
+
+def _evaluate(estimator: Any, X_test: Any, y_test: Any, task: str, classes: list | None) -> tuple[dict, dict]:
+    np = _require("numpy", "Evaluation")
+    pred = estimator.predict(X_test)
+    if task == "regression":
+        pred = np.asarray(pred, dtype="float64")
+        metrics = regression_metrics(y_test, pred)
+        rng = np.random.default_rng(0)
+        idx = np.arange(len(y_test))
+        if len(idx) > PRED_VS_ACTUAL_POINTS:
+            idx = np.sort(rng.choice(idx, PRED_VS_ACTUAL_POINTS, replace=False))
+        points = [[round_float(pred[i]), round_float(y_test[i])] for i in idx]
+        return {"predicted_vs_actual": points}, metrics
+    pred = np.asarray(pred).astype("int64")
+    proba = estimator.predict_proba(X_test) if hasattr(estimator, "predict_proba") else None
+    metrics = classification_metrics(y_test, pred, proba, len(classes or []))
+    extra: dict = {}
+    if classes is not None and len(classes) <= CONFUSION_MAX_LABELS:
+        sk = _require("sklearn.metrics", "Evaluation")
+        matrix = sk.confusion_matrix(y_test, pred, labels=list(range(len(classes))))
+        extra["confusion_matrix"] = {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
+    return extra, metrics
+
+
+# --------------------------------------------------------------------------- jobs: predict
+
+
+class RunningStats:
+    """Count, mean, std, min and max of a stream of numbers, merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, values: Any) -> None:
+        np = _require("numpy", "Prediction")
+        arr = np.asarray(values, dtype="float64")
+        arr = arr[np.isfinite(arr)]
+        if not arr.size:
+            return
+        n_b = int(arr.size)
+        mean_b = float(arr.mean())
+        m2_b = float(((arr - mean_b) ** 2).sum())
+        total = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * self.n * n_b / total
+        self.n = total
+        self.min = min(self.min, float(arr.min()))
+        self.max = max(self.max, float(arr.max()))
+
+    def summary(self) -> dict:
+        if not self.n:
+            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+        std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+        return {
+            "count": self.n,
+            "mean": round_float(self.mean),
+            "std": round_float(std),
+            "min": round_float(self.min),
+            "max": round_float(self.max),
+        }
+
+
+def default_output_path(input_path: Path, outputs_dir: Path) -> Path:
+    """<stem>_predictions.csv next to the input, or in ~/.statsbot/outputs when not writable."""
+    name = f"{input_path.stem}_predictions.csv"
+    if os.access(input_path.parent, os.W_OK):
+        return input_path.parent / name
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    return outputs_dir / f"{input_path.stem}_predictions_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+
+
+class CsvSink:
+    """Appends DataFrames to one CSV file; uses pyarrow's (much faster) writer when it can."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh  # opened in binary mode
+        self.rows = 0
+        self._arrow: bool | None = None  # unknown until the first chunk
+
+    def write(self, frame: Any) -> None:
+        header = self.rows == 0
+        data = self._arrow_bytes(frame, header) if self._arrow is not False else None
+        if data is not None:
+            self.fh.write(data)
+        else:
+            frame.to_csv(self.fh, header=header, index=False, lineterminator="\n", encoding="utf-8")
+        self.rows += len(frame)
+
+    def _arrow_bytes(self, frame: Any, header: bool) -> bytes | None:
+        import io
+
+        try:
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
+        except ImportError:
+            self._arrow = False
+            return None
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            buffer = io.BytesIO()
+            pcsv.write_csv(table, buffer, pcsv.WriteOptions(include_header=header))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            if self._arrow is None:  # this data does not suit arrow: use pandas throughout
+                log.debug("writing CSV with pandas: %s", exc)
+                self._arrow = False
+            return None
+        self._arrow = True
+        return buffer.getvalue()
+
+
+def _unique_name(name: str, taken: set) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate = f"{name}_{n}"
+        n += 1
+    return candidate
+
+
+def predict_frame(estimator: Any, metadata: dict, chunk: Any) -> tuple[Any, Any]:
+    """(predictions, probabilities or None) for one chunk, decoded to the original labels."""
+    np = _require("numpy", "Prediction")
+    schema = metadata["feature_schema"]
+    X = design_matrix(metadata["model_type"], prepare_features(chunk, schema), schema)
+    if metadata["task_type"] == "regression":
+        return np.asarray(estimator.predict(X), dtype="float64"), None
+    classes = metadata["classes"]
+    proba = estimator.predict_proba(X)
+    fitted = [int(c) for c in getattr(estimator, "classes_", range(proba.shape[1]))]
+    full = np.zeros((len(X), len(classes)), dtype="float64")
+    full[:, fitted] = proba
+    labels = np.asarray(classes, dtype=object)[full.argmax(axis=1)]
+    return labels, full
+
+
+def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
+    """Predict a local file in chunks, writing every row to a CSV; returns a small summary."""
+    started = time.monotonic()
+    s = ctx.settings
+    model_id = validate_model_id(ctx.params.get("model_id"))
+    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    metadata, estimator = load_model(s.models_dir, model_id)
+    header = read_columns(path, fmt)
+    missing = [f for f in metadata["features"] if f not in header]
+    if missing:
+        raise JobError(
+            "missing_columns",
+            f"{path.name} is missing {len(missing)} column(s) the model needs: {_list_some(missing)}.",
+        )
+    raw_out = ctx.params.get("output_path")
+    output = (
+        check_output_path(raw_out, s.allowed_roots, path)
+        if raw_out
+        else default_output_path(path, s.outputs_dir)
+    )
+    total, _ = count_rows(path, fmt)
+    classification = metadata["task_type"] == "classification"
+    classes = [str(c) for c in metadata.get("classes") or []]
+    pred_col = _unique_name("prediction", set(header))
+    proba_cols = [_unique_name(f"proba_{c}", set(header)) for c in classes] if classification else []
+    out_columns = [pred_col] + proba_cols
+    sample_inputs = header[:8]
+    sample_rows: list[list] = []
+    stats = RunningStats()
+    counts: dict[str, int] = {}
+    done = 0
+    ctx.progress(5, "predicting", f"Predicting {path.name} with {model_id}\u2026", force=True)
+    tmp = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            sink = CsvSink(fh)
+            for chunk in iter_chunks(path, fmt, chunk_rows):
+                ctx.checkpoint()
+                labels, proba = predict_frame(estimator, metadata, chunk)
+                out = chunk.copy(deep=False)
+                out[pred_col] = labels
+                for i, col in enumerate(proba_cols):
+                    out[col] = proba[:, i].round(6)
+                sink.write(out)
+                if classification:
+                    for label, n in _pandas().Series(labels).astype(str).value_counts().items():
+                        counts[label] = counts.get(label, 0) + int(n)
+                else:
+                    stats.add(labels)
+                if len(sample_rows) < 10:
+                    head = out[sample_inputs + out_columns].head(10 - len(sample_rows))
+                    sample_rows.extend([json_safe(v) for v in rec] for rec in head.itertuples(index=False))
+                done += len(chunk)
+                pct = 5 + 90 * done / total if total else 50
+                ctx.progress(
+                    min(pct, 95),
+                    "predicting",
+                    f"Predicted {fmt_int(done)}" + (f" of ~{fmt_int(total)}" if total else "") + " rows",
+                )
+        ctx.checkpoint()
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    summary = (
+        {"counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:50])}
+        if classification
+        else stats.summary()
+    )
+    ctx.progress(100, "done", f"Wrote {fmt_int(done)} predictions to {output.name}", force=True)
+    return {
+        "model_id": model_id,
+        "rows": done,
+        "output_path": str(output),
+        "columns": out_columns,
+        "sample": {"columns": sample_inputs + out_columns, "rows": sample_rows},
+        "summary": summary,
+        "duration_s": round(time.monotonic() - started, 2),
+    }
+
+
+# --------------------------------------------------------------------------- jobs: models on disk
+
+
+def list_models(models_dir: Path) -> tuple[list[dict], list[str]]:
+    """Saved models, newest first, and warnings for folders that could not be read."""
+    models: list[dict] = []
+    warnings: list[str] = []
+    if not models_dir.is_dir():
+        return models, warnings
+    for entry in sorted(models_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            meta = json.loads((entry / "metadata.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("metadata is not an object")
+            models.append(
+                {
+                    "model_id": entry.name,
+                    "model_type": meta.get("model_type"),
+                    "task_type": meta.get("task_type"),
+                    "target": meta.get("target"),
+                    "created_at": meta.get("created_at"),
+                    "n_features": len(meta.get("features") or []),
+                    "features": list(meta.get("features") or [])[:30],
+                    "main_metric": meta.get("main_metric"),
+                    "metrics": meta.get("metrics"),
+                }
+            )
+        except (OSError, ValueError) as exc:
+            log.warning("skipping model folder %s: %s", entry, exc)
+            warnings.append(f"Skipped {entry.name}: no readable metadata.json.")
+    models.sort(key=lambda m: str(m.get("created_at") or ""), reverse=True)
+    return models, warnings
+
+
+def job_list_models(ctx: JobContext) -> dict:
+    models, warnings = list_models(ctx.settings.models_dir)
+    return {"models": models[:200], "warnings": warnings[:20]}
+
+
+def delete_model(models_dir: Path, model_id: Any) -> Path:
+    """Remove one model folder after checking the id is a plain name inside models_dir."""
+    directory = model_dir_for(models_dir, validate_model_id(model_id))
+    if os.path.islink(models_dir / model_id) or not directory.is_dir():
+        raise JobError("model_not_found", f"No model {model_id} on this machine.")
+    shutil.rmtree(directory)
+    return directory
+
+
+def job_delete_model(ctx: JobContext) -> dict:
+    model_id = ctx.params.get("model_id")
+    delete_model(ctx.settings.models_dir, model_id)
+    return {"model_id": model_id, "deleted": True}
+
+
+def job_autostart(ctx: JobContext) -> dict:
+    enable = ctx.params.get("enable", True)
+    if not isinstance(enable, bool):
+        raise JobError("invalid_params", "enable must be true or false.")
+    env = AutostartEnv.current(ctx.settings.paths)
+    if enable:
+        if not env.script.is_file():
+            raise JobError(
+                "unsupported", "This worker has no saved copy of itself yet, so it cannot autostart."
+            )
+        return install_autostart(env, start_now=False)
+    return remove_autostart(env)
+
+
+JOB_ACTIONS: dict[str, Callable[[JobContext], dict]] = {
+    "describe": job_describe,
+    "train": job_train,
+    "predict": job_predict,
+    "list_models": job_list_models,
+    "delete_model": job_delete_model,
+    "autostart": job_autostart,
+}
+
+
+# --------------------------------------------------------------------------- autostart
+
+SYSTEMD_UNIT = "statsbot-worker.service"
+LAUNCHD_LABEL = "com.statsbot.worker"
+WINDOWS_TASK = "StatsBotWorker"
+
+Runner = Callable[[list], "tuple[int, str]"]
+
+
+def run_command(cmd: list) -> tuple[int, str]:
+    """Run a system command, returning (exit code, output); never raises."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return 127, f"{cmd[0]}: command not found"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return 1, str(exc)
+    return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
+
+
+@dataclass
+class AutostartEnv:
+    """Where and how autostart is installed; injectable so tests never touch the system."""
+
+    system: str
+    home: Path
+    python: Path
+    script: Path
+    statsbot_home: Path
+    runner: Runner = run_command
+    user: str = ""
+    appdata: Path | None = None
+
+    @classmethod
+    def current(cls, paths: Paths) -> AutostartEnv:
+        appdata = os.environ.get("APPDATA")
+        return cls(
+            system=platform.system(),
+            home=Path.home(),
+            python=Path(sys.executable),
+            script=paths.script,
+            statsbot_home=paths.home,
+            user=os.environ.get("USER") or os.environ.get("USERNAME") or "",
+            appdata=Path(appdata) if appdata else None,
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return self.statsbot_home / "logs"
+
+    def systemd_path(self) -> Path:
+        return self.home / ".config" / "systemd" / "user" / SYSTEMD_UNIT
+
+    def launchd_path(self) -> Path:
+        return self.home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+    def launcher_path(self) -> Path:
+        return self.statsbot_home / "statsbot-worker.cmd"
+
+    def startup_path(self) -> Path:
+        base = self.appdata or (self.home / "AppData" / "Roaming")
+        return base / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / "statsbot-worker.cmd"
+
+
+def _systemd_quote(arg: str) -> str:
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def systemd_unit_text(python: Path, script: Path, statsbot_home: Path) -> str:
+    """A systemd user unit running the saved script in the foreground."""
+    exec_start = " ".join(_systemd_quote(str(a)) for a in (python, script)) + " --foreground"
+    return (
+        "[Unit]\n"
+        "Description=StatsBot local worker\n"
+        "\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={exec_start}\n"
+        f"Environment={_systemd_quote('STATSBOT_HOME=' + str(statsbot_home))}\n"
+        "Environment=PYTHONUNBUFFERED=1\n"
+        "Restart=always\n"
+        "RestartSec=10\n"
+        "# The worker exits 0 only when it must not run again (credential revoked, replaced by a\n"
+        "# newer worker, stopped on purpose), 2 for a usage error and 3 for missing packages.\n"
+        "RestartPreventExitStatus=0 2 3\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )
+
+
+def launchd_plist_text(python: Path, script: Path, statsbot_home: Path) -> str:
+    """A launchd agent (RunAtLoad, kept alive after crashes) running the saved script."""
+    import plistlib
+
+    log_dir = statsbot_home / "logs"
+    plist = {
+        "Label": LAUNCHD_LABEL,
+        "ProgramArguments": [str(python), str(script), "--foreground"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": 10,
+        "ProcessType": "Background",
+        "EnvironmentVariables": {"STATSBOT_HOME": str(statsbot_home), "PYTHONUNBUFFERED": "1"},
+        "StandardOutPath": str(log_dir / "launchd.out.log"),
+        "StandardErrorPath": str(log_dir / "launchd.err.log"),
+    }
+    return plistlib.dumps(plist).decode("utf-8")
+
+
+def windows_pythonw(python: Path) -> Path:
+    candidate = python.with_name("pythonw.exe")
+    return candidate if python.name.lower() == "python.exe" and candidate.exists() else python
+
+
+def windows_launcher_text(python: Path, script: Path, statsbot_home: Path) -> str:
+    """A .cmd that starts the saved script without a console window."""
+    return (
+        "@echo off\r\n"
+        f'set "STATSBOT_HOME={statsbot_home}"\r\n'
+        f'start "" "{windows_pythonw(python)}" "{script}" --foreground\r\n'
+    )
+
+
+def schtasks_create_command(launcher: Path) -> list[str]:
+    return [
+        "schtasks",
+        "/Create",
+        "/F",
+        "/SC",
+        "ONLOGON",
+        "/TN",
+        WINDOWS_TASK,
+        "/RL",
+        "LIMITED",
+        "/TR",
+        f'"{launcher}"',
+    ]
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    write_file_atomic(path, text.encode("utf-8"))
+    return True
+
+
+def _autostart_result(
+    enabled: bool, method: str, path: Path, message: str, manual: list[str] | None = None
+) -> dict:
+    return {
+        "enabled": enabled,
+        "method": method,
+        "path": str(path),
+        "message": message,
+        "manual_steps": manual or [],
+    }
+
+
+def install_autostart(env: AutostartEnv, start_now: bool = True) -> dict:
+    """Install (idempotently) the login service for this OS; manual_steps when a command fails."""
+    env.log_dir.mkdir(parents=True, exist_ok=True)
+    if env.system == "Linux":
+        return _install_systemd(env, start_now)
+    if env.system == "Darwin":
+        return _install_launchd(env, start_now)
+    if env.system == "Windows":
+        return _install_windows(env, start_now)
+    raise JobError("unsupported", f"Autostart is not supported on {env.system}.")
+
+
+def _install_systemd(env: AutostartEnv, start_now: bool) -> dict:
+    path = env.systemd_path()
+    _write_if_changed(path, systemd_unit_text(env.python, env.script, env.statsbot_home))
+    enable = ["systemctl", "--user", "enable"] + (["--now"] if start_now else []) + [SYSTEMD_UNIT]
+    steps = [["systemctl", "--user", "daemon-reload"], enable]
+    for cmd in steps:
+        code, output = env.runner(cmd)
+        if code != 0:
+            return _autostart_result(
+                False,
+                "systemd",
+                path,
+                f"Wrote {path}, but '{' '.join(cmd)}' failed: {short_text(output, 200)}",
+                [" ".join(c) for c in steps],
+            )
+    message = f"Autostart on: systemd user service {SYSTEMD_UNIT}" + (" (started now)." if start_now else ".")
+    manual: list[str] = []
+    code, output = env.runner(["loginctl", "show-user", env.user or "$USER", "--property=Linger"])
+    if code == 0 and "Linger=no" in output:
+        message += " It runs while you are logged in; to keep it running after logout, run the step below."
+        manual.append(f"loginctl enable-linger {env.user or '$USER'}")
+    return _autostart_result(True, "systemd", path, message, manual)
+
+
+def _install_launchd(env: AutostartEnv, start_now: bool) -> dict:
+    path = env.launchd_path()
+    _write_if_changed(path, launchd_plist_text(env.python, env.script, env.statsbot_home))
+    message = f"Autostart on: launch agent {LAUNCHD_LABEL}"
+    if not start_now:
+        return _autostart_result(True, "launchd", path, message + " (starts at your next login).")
+    env.runner(["launchctl", "unload", str(path)])
+    code, output = env.runner(["launchctl", "load", "-w", str(path)])
+    if code != 0:
+        return _autostart_result(
+            True,
+            "launchd",
+            path,
+            f"Wrote {path}; it starts at your next login ('launchctl load' said: {short_text(output, 200)}).",
+            [f"launchctl load -w {path}"],
+        )
+    return _autostart_result(True, "launchd", path, message + " (started now).")
+
+
+def _install_windows(env: AutostartEnv, start_now: bool) -> dict:
+    launcher = env.launcher_path()
+    text = windows_launcher_text(env.python, env.script, env.statsbot_home)
+    _write_if_changed(launcher, text)
+    code, output = env.runner(schtasks_create_command(launcher))
+    if code == 0:
+        if start_now:
+            env.runner(["schtasks", "/Run", "/TN", WINDOWS_TASK])
+        return _autostart_result(
+            True, "schtasks", launcher, f"Autostart on: scheduled task {WINDOWS_TASK} at logon."
+        )
+    startup = env.startup_path()
+    try:
+        _write_if_changed(startup, text)
+    except OSError as exc:
+        return _autostart_result(
+            False,
+            "startup-folder",
+            startup,
+            f"Could not create the scheduled task ({short_text(output, 150)}) nor the Startup entry ({exc}).",
+            [f"Copy {launcher} into your Startup folder (Win+R, shell:startup)."],
+        )
+    if start_now:
+        env.runner(["cmd", "/c", str(launcher)])
+    return _autostart_result(
+        True,
+        "startup-folder",
+        startup,
+        f"Autostart on: Startup folder entry (the scheduled task was refused: {short_text(output, 150)}).",
+    )
+
+
+def remove_autostart(env: AutostartEnv) -> dict:
+    """Remove the login service for this OS (nothing to do is fine)."""
+    if env.system == "Linux":
+        path = env.systemd_path()
+        if path.exists():
+            env.runner(["systemctl", "--user", "disable", "--now", SYSTEMD_UNIT])
+            path.unlink()
+            env.runner(["systemctl", "--user", "daemon-reload"])
+            return _autostart_result(
+                False, "systemd", path, "Autostart off: removed the systemd user service."
+            )
+        return _autostart_result(False, "systemd", path, "Autostart was already off.")
+    if env.system == "Darwin":
+        path = env.launchd_path()
+        if path.exists():
+            env.runner(["launchctl", "unload", "-w", str(path)])
+            path.unlink()
+            return _autostart_result(False, "launchd", path, "Autostart off: removed the launch agent.")
+        return _autostart_result(False, "launchd", path, "Autostart was already off.")
+    if env.system == "Windows":
+        code, _ = env.runner(["schtasks", "/Delete", "/F", "/TN", WINDOWS_TASK])
+        removed = code == 0
+        for path in (env.startup_path(), env.launcher_path()):
+            if path.exists():
+                path.unlink()
+                removed = True
+        method = "schtasks" if code == 0 else "startup-folder"
+        message = "Autostart off." if removed else "Autostart was already off."
+        return _autostart_result(False, method, env.launcher_path(), message)
+    raise JobError("unsupported", f"Autostart is not supported on {env.system}.")
+
+
+# --------------------------------------------------------------------------- running one job
+
+
+def sanitize_json(obj: Any) -> Any:
+    """Plain JSON types all the way down (numpy scalars, NaN and the like converted)."""
+    if isinstance(obj, dict):
+        return {str(k): sanitize_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize_json(v) for v in obj]
+    return json_safe(obj, max_chars=20_000)
+
+
+def error_result(job_id: str, code: str, message: str) -> dict:
+    return {
+        "type": "result",
+        "job_id": job_id,
+        "success": False,
+        "error": short_text(message, 1000),
+        "error_code": code if code in ERROR_CODES else "internal",
+    }
+
+
+def execute_job(fn: Callable[[JobContext], dict], ctx: JobContext) -> dict:
+    """Run a job function; every outcome, including any exception, becomes a result message."""
+    try:
+        data = fn(ctx)
+        message = {"type": "result", "job_id": ctx.job_id, "success": True, "data": sanitize_json(data)}
+    except JobCancelled:
+        message = error_result(ctx.job_id, "cancelled", "Cancelled.")
+    except JobError as exc:
+        message = error_result(ctx.job_id, exc.code, exc.message)
+    except MemoryError:
+        log.exception("job %s ran out of memory", ctx.job_id)
+        message = error_result(ctx.job_id, "internal", "The machine ran out of memory for this job.")
+    except Exception as exc:
+        log.exception("job %s failed", ctx.job_id)
+        reason = short_text(str(exc), 240) or "no details"
+        message = error_result(ctx.job_id, "internal", f"Unexpected error ({type(exc).__name__}): {reason}")
+    return cap_result_size(message)
+
+
+# --------------------------------------------------------------------------- self copy and update
+
+
+def validate_script(text: str) -> str:
+    """Check a downloaded worker script: it compiles and has a WORKER_VERSION line; returns it."""
+    match = VERSION_LINE_RE.search(text)
+    if not match:
+        raise ValueError("it has no WORKER_VERSION line")
+    try:
+        compile(text, "statsbot_worker.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(f"it does not compile: {exc}") from None
+    return match.group(1)
+
+
+def fetch_text(url: str, timeout: float = 30.0) -> str:
+    """GET an http(s) URL as text (at most DOWNLOAD_MAX_BYTES)."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"refusing to download from {url}")
+    request = urllib.request.Request(url, headers={"User-Agent": f"statsbot-worker/{WORKER_VERSION}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data = response.read(DOWNLOAD_MAX_BYTES + 1)
+    if len(data) > DOWNLOAD_MAX_BYTES:
+        raise ValueError("the download is too large to be the worker script")
+    return data.decode("utf-8")
+
+
+def ensure_saved_copy(
+    paths: Paths, server: str, own_file: str | None, fetch: Callable[[str], str] = fetch_text
+) -> tuple[bool, str]:
+    """Keep ~/.statsbot/statsbot_worker.py (what autostart and updates run) up to date.
+
+    From a real file the bytes are copied; when run from a pipe (no file) the script is
+    downloaded again from the server's /worker URL and checked before it is saved.
+    """
+    target = paths.script
+    if own_file and os.path.isfile(own_file):
+        source = Path(own_file).resolve()
+        if target.exists() and source == target.resolve():
+            return True, ""
+        data = source.read_bytes()
+        if target.exists() and target.read_bytes() == data:
+            return True, ""
+        write_file_atomic(target, data)
+        return True, f"Saved a copy of this script to {target}"
+    url = download_url_for(server)
+    try:
+        version = validate_script(text := fetch(url))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if target.exists():
+            return True, f"Could not refresh {target} from {url} ({exc}); keeping the copy already there."
+        return False, f"Could not save a copy of this script: downloading {url} failed ({exc})."
+    write_file_atomic(target, text.encode("utf-8"))
+    return True, f"Saved a copy of worker {version} to {target}"
+
+
+def apply_update(url: str, target: Path, fetch: Callable[[str], str] = fetch_text) -> str:
+    """Download, check and atomically install a new worker script; returns its version."""
+    text = fetch(url)
+    version = validate_script(text)
+    write_file_atomic(target, text.encode("utf-8"))
+    return version
+
+
+def reexec(argv: list[str]) -> None:
+    """Replace this process with argv (on Windows: run it and exit with its code)."""
+    log.info("re-executing: %s", " ".join(argv[:2]))
+    for handler in logging.getLogger("statsbot_worker").handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    if os.name == "nt":
+        sys.exit(subprocess.call(argv))
+    os.execv(argv[0], argv)
+
+
+# --------------------------------------------------------------------------- private environment
+
+
+def create_private_env(
+    venv_dir: Path,
+    requirements: list[str],
+    console: Console,
+    runner: Callable[[list], int] = subprocess.call,
+    builder: Callable[[Path], None] | None = None,
+) -> Path:
+    """Create ~/.statsbot/venv (if needed) and pip-install the requirements; returns its python."""
+    python = venv_python(venv_dir)
+    if not python.exists():
+        console.status(f"Creating a private Python environment in {venv_dir}\u2026")
+        try:
+            (builder or _build_venv)(venv_dir)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            shutil.rmtree(venv_dir, ignore_errors=True)
+            raise RuntimeError(
+                f"Could not create {venv_dir} ({exc}). On Debian/Ubuntu install the venv module first "
+                "(sudo apt install python3-venv), or install the packages yourself and use --no-install."
+            ) from None
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
+    console.status("Installing " + ", ".join(requirements) + " (this can take a few minutes)\u2026")
+    code = runner(cmd)
+    if code != 0:
+        raise RuntimeError(
+            f"pip failed (exit code {code}); see the messages above. To retry: {' '.join(cmd)}"
+        )
+    return python
+
+
+def _build_venv(venv_dir: Path) -> None:
+    import venv
+
+    venv.EnvBuilder(with_pip=True, clear=False, symlinks=os.name != "nt").create(str(venv_dir))
+
+
+def ensure_packages(
+    args: argparse.Namespace,
+    paths: Paths,
+    console: Console,
+    versions: dict[str, str | None],
+    *,
+    stdin_isatty: bool,
+    have_copy: bool,
+    input_fn: Callable[[str], str] = input,
+    create_env: Callable[..., Path] = create_private_env,
+    exec_fn: Callable[[list[str]], None] = reexec,
+) -> int | None:
+    """None when everything needed is importable; otherwise install and re-exec, or an exit code."""
+    missing = missing_required(versions)
+    if not missing:
+        return None
+    reqs = requirements_for()
+    console.plain(
+        "The StatsBot worker needs these Python packages, missing or too old here: "
+        + ", ".join(missing)
+        + "."
+    )
+    if running_in_venv(paths.venv):
+        console.plain(
+            f"This is already the worker's private environment ({paths.venv}) and they are still missing. "
+            f"Repair it with:\n  {pip_command(reqs, str(venv_python(paths.venv)))}\n"
+            f"or delete {paths.venv} and run the worker again."
+        )
+        return EXIT_MISSING_PACKAGES
+    if args.no_install:
+        console.plain(f"Install them yourself, then run the worker again:\n  {pip_command(reqs)}")
+        return EXIT_MISSING_PACKAGES
+    if not args.yes:
+        offer = f"The worker can create a private environment in {paths.venv} and install: {' '.join(reqs)}."
+        if not stdin_isatty:
+            console.plain(
+                offer
+                + "\nIt cannot ask you here (the input is not a terminal, e.g. the script is piped from "
+                "curl), so run the same command again with --yes to allow it, or install the packages "
+                f"yourself:\n  {pip_command(reqs)}"
+            )
+            return EXIT_MISSING_PACKAGES
+        console.plain(offer)
+        try:
+            answer = input_fn("Create it and install them now? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            console.plain(f"Nothing installed. To install them yourself:\n  {pip_command(reqs)}")
+            return EXIT_MISSING_PACKAGES
+    if not have_copy:
+        console.plain(
+            "Cannot continue: there is no saved copy of the worker to restart. Download it with "
+            f"curl -o statsbot_worker.py {download_url_for('wss://HOST/ws/worker/')} and run it with python3."
+        )
+        return EXIT_ERROR
+    try:
+        python = create_env(paths.venv, reqs, console)
+    except RuntimeError as exc:
+        console.plain(str(exc))
+        return EXIT_ERROR
+    console.status("Restarting the worker in its private environment\u2026")
+    exec_fn([str(python), str(paths.script)] + sys.argv[1:])
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
+
+    def __init__(
+        self, base: float = 1.0, cap: float = 60.0, rand: Callable[[], float] = random.random
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.rand = rand
+        self.attempt = 0
+
+    def ceiling(self) -> float:
+        return min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+
+    def next_delay(self) -> float:
+        delay = self.rand() * self.ceiling()
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class Outcome:
+    """Why the client stopped: stopped, fatal, authenticated (exchange only) or reexec."""
+
+    kind: str
+    message: str = ""
+    exit_code: int = EXIT_OK
+    argv: list[str] | None = None
+
+
+@dataclass
+class JobState:
+    job_id: str
+    action: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+
+
+def machine_info(machine_id: str, versions: dict[str, str | None]) -> dict:
+    """What the server shows about this machine (sent in auth)."""
+    keys = ("pandas", "scikit-learn", "lightgbm", "xgboost", "pyarrow", "openpyxl", "websockets", "numpy")
+    return {
+        "machine_id": machine_id,
+        "hostname": socket.gethostname(),
+        "platform": platform.system(),
+        "os_release": platform.release(),
+        "python": platform.python_version(),
+        "worker_version": WORKER_VERSION,
+        "packages": {k: versions.get(k) for k in keys},
+        "models": available_models(versions),
+    }
+
+
+def websocket_connect() -> Callable[..., Any]:
+    """websockets' asyncio client (websockets >= 13), or the legacy one on older releases."""
+    try:
+        from websockets.asyncio.client import connect
+    except ImportError:
+        from websockets import connect  # websockets 11-12: the legacy client
+    return connect
+
+
+def close_info(exc: BaseException) -> tuple[int, str]:
+    rcvd = getattr(exc, "rcvd", None)
+    if rcvd is not None:
+        return int(rcvd.code), str(rcvd.reason or "")
+    return 1006, "connection lost"
+
+
+def _job_label(action: str, params: dict) -> str:
+    for key in ("file_path", "model_id"):
+        value = params.get(key)
+        if isinstance(value, str) and value:
+            return f"{action} {os.path.basename(value) or value}"
+    return action
+
+
+class WorkerClient:
+    """The WebSocket side: auth, heartbeat, jobs in threads, results until acknowledged, reconnect."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConfigStore,
+        console: Console,
+        *,
+        versions: dict[str, str | None] | None = None,
+        actions: dict[str, Callable[[JobContext], dict]] | None = None,
+        backoff: Backoff | None = None,
+        stable_after: float = 30.0,
+        auth_timeout: float = 15.0,
+        max_workers: int = 4,
+        reexec_argv: list[str] | None = None,
+        fetch: Callable[[str], str] = fetch_text,
+        ping_interval: float = 20.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.console = console
+        self.versions = versions if versions is not None else package_versions()
+        self.actions = dict(JOB_ACTIONS if actions is None else actions)
+        self.backoff = backoff or Backoff()
+        self.stable_after = stable_after
+        self.auth_timeout = auth_timeout
+        self.reexec_argv = reexec_argv or [sys.executable, str(settings.paths.script)]
+        self.fetch = fetch
+        self.ping_interval = ping_interval
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="job"
+        )
+        self.running: dict[str, JobState] = {}
+        self.unacked: OrderedDict[str, dict] = OrderedDict()
+        self._acked: OrderedDict[str, None] = OrderedDict()
+        self._ws: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._send_lock: asyncio.Lock | None = None
+        self._stopping = False
+        self._outcome: Outcome | None = None
+        self._auth_failure: dict | None = None
+        self._notice = ""
+        self._pending_update: dict | None = None
+        self._tasks: set = set()
+        self._last_rx = time.monotonic()
+        self._connected_at: float | None = None
+        self._reason = "connection lost"
+        self.connections = 0
+
+    # ---- lifecycle
+
+    async def run(self, stop_after_auth: bool = False, handle_signals: bool = False) -> Outcome:
+        """Connect and serve until stopped; reconnects forever on network trouble."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        if handle_signals:
+            self._install_signal_handlers()
+        try:
+            while True:
+                result = await self._session(stop_after_auth)
+                if isinstance(result, Outcome):
+                    return result
+                if self._stopping:
+                    return Outcome("stopped", "Stopped.")
+                if (
+                    self._connected_at is not None
+                    and time.monotonic() - self._connected_at >= self.stable_after
+                ):
+                    self.backoff.reset()
+                delay = result if result is not None else self.backoff.next_delay()
+                self.console.status(f"Disconnected ({self._reason}) - retrying in {delay:.1f}s")
+                try:
+                    await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
+                    return Outcome("stopped", "Stopped.")
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._shutdown_jobs()
+
+    def request_stop(self) -> None:
+        """Stop cleanly (Ctrl-C, SIGTERM): cancel jobs, close the socket, leave run()."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.console.status("Stopping\u2026")
+        for state in self.running.values():
+            state.cancel.set()
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._ws is not None:
+            self._spawn(self._ws.close(1000, "worker stopping"))
+
+    def _install_signal_handlers(self) -> None:
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # Windows: Ctrl-C arrives as KeyboardInterrupt, handled in main()
+
+    def _on_signal(self) -> None:
+        if self._stopping:  # a second Ctrl-C: do not wait for anything
+            self.console.status("Stopped.")
+            os._exit(EXIT_OK)
+        self.request_stop()
+
+    def _shutdown_jobs(self) -> None:
+        for state in self.running.values():
+            state.cancel.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- one connection
+
+    def _auth_message(self) -> dict:
+        msg: dict = {
+            "type": "auth",
+            "protocol": PROTOCOL_VERSION,
+            "machine": machine_info(self.settings.machine_id, self.versions),
+            "running_jobs": list(self.running),
+        }
+        if self.settings.token:
+            msg["token"] = self.settings.token
+        else:
+            msg["credential"] = self.settings.credential
+        return msg
+
+    async def _session(self, stop_after_auth: bool) -> Outcome | float | None:
+        """One connection; an Outcome to stop, or a delay (None: backoff) before reconnecting."""
+        if not self.settings.token and not self.settings.credential:
+            return Outcome(
+                "fatal",
+                "No connect token and no saved credential: send /connect to the bot "
+                "and run the command it shows.",
+                EXIT_USAGE,
+            )
+        import websockets.exceptions as wse
+
+        self._auth_failure = None
+        self._connected_at = None
+        self._reason = "connection lost"
+        host = urllib.parse.urlsplit(self.settings.server).netloc
+        if self.backoff.attempt == 0:
+            self.console.status(f"Connecting to {host}\u2026")
+        connect = websocket_connect()
+        try:
+            async with connect(
+                self.settings.server,
+                open_timeout=15,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_interval,
+                close_timeout=5,
+                max_size=2**20,
+            ) as ws:
+                self._ws = ws
+                try:
+                    return await self._serve(ws, stop_after_auth)
+                finally:
+                    self._ws = None
+        except wse.ConnectionClosed as exc:
+            return self._decide_close(*close_info(exc))
+        except wse.InvalidURI as exc:
+            return Outcome("fatal", f"Invalid server URL: {exc}", EXIT_USAGE)
+        except wse.InvalidHandshake as exc:
+            self._reason = f"the server refused the WebSocket: {short_text(str(exc), 120)}"
+        except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
+            self._reason = f"cannot reach {host}: " + short_text(str(exc) or type(exc).__name__, 120)
+        except wse.WebSocketException as exc:
+            self._reason = f"WebSocket error: {short_text(str(exc), 120)}"
+        except Exception as exc:  # never let one bad connection end the worker
+            log.exception("unexpected error in the connection")
+            self._reason = f"unexpected error: {type(exc).__name__}"
+        return None
+
+    async def _serve(self, ws: Any, stop_after_auth: bool) -> Outcome | float | None:
+        import websockets.exceptions as wse
+
+        try:
+            await self._send(self._auth_message())
+            try:
+                first = await asyncio.wait_for(ws.recv(), timeout=self.auth_timeout)
+            except asyncio.TimeoutError:
+                self._reason = "no answer to auth"
+                await ws.close(1000, "no auth_response")
+                return None
+            reply = _parse(first)
+            if reply.get("type") != "auth_response" or not reply.get("success"):
+                return await self._auth_refused(ws, reply)
+            self._on_authenticated(reply, announce=not stop_after_auth)
+            if stop_after_auth:
+                await ws.close(1000, "credential saved")
+                return Outcome("authenticated", "Credential saved.")
+            heartbeat = asyncio.ensure_future(
+                self._heartbeat(ws, float(reply.get("heartbeat_interval") or 20))
+            )
+            try:
+                await self._resend_unacked()
+                while True:
+                    raw = await ws.recv()
+                    self._last_rx = time.monotonic()
+                    outcome = await self._dispatch(_parse(raw))
+                    if outcome is not None:
+                        await ws.close(1000, "worker restarting")
+                        return outcome
+            finally:
+                heartbeat.cancel()
+        except wse.ConnectionClosed as exc:
+            return self._decide_close(*close_info(exc))
+
+    async def _auth_refused(self, ws: Any, reply: dict) -> Outcome | float | None:
+        """Wait (briefly) for the server's close code, which says what to do next."""
+        import websockets.exceptions as wse
+
+        self._auth_failure = reply
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), timeout=5)
+        except wse.ConnectionClosed as exc:
+            return self._decide_close(*close_info(exc))
+        except asyncio.TimeoutError:
+            await ws.close(1000, "auth refused")
+            self._reason = "authentication refused: " + short_text(str(reply.get("message") or reply), 120)
+            return None
+
+    def _on_authenticated(self, reply: dict, announce: bool = True) -> None:
+        credential = reply.get("credential")
+        if self.settings.token:
+            self.settings.token = None  # a token works once
+            if isinstance(credential, str) and credential:
+                self.settings.credential = credential
+                self.store.update(credential=credential, server=self.settings.server)
+            else:
+                log.warning("auth with a token succeeded but no credential was returned")
+        self._connected_at = time.monotonic()
+        self._last_rx = self._connected_at
+        self.connections += 1
+        worker = f" (worker #{reply['worker_id']})" if reply.get("worker_id") is not None else ""
+        if not announce:
+            self.console.status(
+                f"Connected as {socket.gethostname()}{worker}; this machine's credential is saved."
+            )
+            return
+        self.console.status(
+            f"Connected as {socket.gethostname()}{worker}. Waiting for jobs from Telegram - press Ctrl-C to stop."
+        )
+        if reply.get("update_required"):
+            self.console.status(f"The server asks for worker version {reply.get('latest_version')}.")
+
+    def _decide_close(self, code: int, reason: str) -> Outcome | float | None:
+        """Map a close code to stop (Outcome), a fixed delay, or None (backoff)."""
+        if self._outcome is not None:
+            return self._outcome
+        if self._stopping:
+            return Outcome("stopped", "Stopped.")
+        detail = str((self._auth_failure or {}).get("message") or self._notice or reason or "").strip()
+        self._reason = f"code {code}" + (f": {short_text(detail, 120)}" if detail else "")
+        if code == 4000:
+            return Outcome("fatal", f"The server refused this worker's first message: {detail}", EXIT_USAGE)
+        if code == 4001:
+            return Outcome(
+                "fatal",
+                "The connect token was not accepted (unknown, expired or already used). "
+                "Send /connect to the bot for a new command.",
+                EXIT_USAGE,
+            )
+        if code == 4003:
+            self.settings.credential = None
+            self.store.update(credential=None)
+            return Outcome(
+                "fatal",
+                "This worker's access was revoked"
+                + (f" ({detail})" if detail else "")
+                + ". Send /connect to the bot to connect again.",
+            )
+        if code == 4009:
+            return Outcome(
+                "fatal", "A newer worker connected to your account and replaced this one; stopping."
+            )
+        if code == 4029:
+            retry = (self._auth_failure or {}).get("retry_after")
+            if retry is None:
+                m = re.search(r"\d+", reason or "")
+                retry = int(m.group(0)) if m else None
+            try:
+                return max(1.0, min(3600.0, float(retry))) if retry is not None else None
+            except (TypeError, ValueError):
+                return None
+        return None
+
+    async def _heartbeat(self, ws: Any, interval: float) -> None:
+        interval = max(1.0, interval)
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._last_rx > 3 * interval:
+                log.warning("no message from the server for %.0fs; reconnecting", 3 * interval)
+                await ws.close(1001, "heartbeat timeout")
+                return
+            await self._send({"type": "ping"})
+
+    async def _send(self, msg: dict) -> bool:
+        ws = self._ws
+        if ws is None:
+            return False
+        text = json.dumps(msg, ensure_ascii=False, allow_nan=False)
+        if len(text.encode("utf-8")) >= MAX_FRAME_BYTES:
+            log.error("refusing to send a %d-byte %s frame", len(text), msg.get("type"))
+            return False
+        try:
+            async with self._send_lock:
+                await ws.send(text)
+            return True
+        except Exception as exc:  # a closed socket; the result stays unacked and is re-sent
+            log.debug("send failed: %s", exc)
+            return False
+
+    async def _resend_unacked(self) -> None:
+        for message in list(self.unacked.values()):
+            await self._send(message)
+
+    # ---- messages from the server
+
+    async def _dispatch(self, msg: dict) -> Outcome | None:
+        kind = msg.get("type")
+        if kind == "job":
+            self._start_job(msg)
+        elif kind == "cancel":
+            state = self.running.get(str(msg.get("job_id")))
+            if state is not None:
+                state.cancel.set()
+                self.console.status(f"Job {state.job_id[:8]}: cancel requested")
+        elif kind == "result_ack":
+            job_id = str(msg.get("job_id"))
+            if self.unacked.pop(job_id, None) is not None:
+                self._remember_acked(job_id)
+            return await self._maybe_pending_update()
+        elif kind == "update":
+            return await self._handle_update(msg)
+        elif kind in ("revoked", "replaced"):
+            self._notice = str(msg.get("message") or "")
+        elif kind == "error":
+            self._on_error_frame(msg)
+        elif kind not in ("pong", "auth_response"):
+            log.debug("ignoring message of type %r", kind)
+        return None
+
+    def _on_error_frame(self, msg: dict) -> None:
+        """The server refused a frame; a result it can never accept is not kept for re-sending."""
+        code, job_id = msg.get("code"), str(msg.get("job_id"))
+        log.warning("server refused a frame: %s %s (job %s)", code, msg.get("message"), job_id)
+        if code in RESULT_REFUSALS and self.unacked.pop(job_id, None) is not None:
+            self._remember_acked(job_id)
+
+    def _remember_acked(self, job_id: str) -> None:
+        self._acked[job_id] = None
+        while len(self._acked) > 1000:
+            self._acked.popitem(last=False)
+
+    def _start_job(self, msg: dict) -> None:
+        job_id = msg.get("job_id")
+        if not isinstance(job_id, str) or not job_id or len(job_id) > 128:
+            log.warning("ignoring a job without a valid job_id")
+            return
+        if job_id in self.running or job_id in self._acked:
+            log.info("ignoring duplicate job %s", job_id)
+            return
+        if job_id in self.unacked:
+            log.info("duplicate job %s: re-sending its result", job_id)
+            self._spawn(self._send(self.unacked[job_id]))
+            return
+        action = msg.get("action")
+        params = msg.get("params") if msg.get("params") is not None else {}
+        fn = self.actions.get(action) if isinstance(action, str) else None
+        if not isinstance(params, dict):
+            self._finish(job_id, error_result(job_id, "invalid_params", "params must be an object."))
+            return
+        if fn is None:
+            self._finish(job_id, error_result(job_id, "unsupported", f"This worker cannot do {action!r}."))
+            return
+        state = JobState(job_id, action)
+        self.running[job_id] = state
+        self.console.status(f"Job {job_id[:8]}: {_job_label(action, params)} started")
+        ctx = JobContext(job_id, params, self.settings, emit=self._emit_threadsafe, cancel_event=state.cancel)
+        future = self._loop.run_in_executor(self.executor, execute_job, fn, ctx)
+        future.add_done_callback(lambda f, s=state: self._job_done(s, f))
+
+    def _emit_threadsafe(self, msg: dict) -> None:
+        """Called from job threads: hand a progress message to the event loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._spawn, self._send(msg))
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    def _job_done(self, state: JobState, future: Any) -> None:
+        self.running.pop(state.job_id, None)
+        if future.cancelled():
+            return
+        result = future.result()
+        took = time.monotonic() - state.started
+        if result.get("success"):
+            self.console.status(f"Job {state.job_id[:8]}: {state.action} finished in {took:.1f}s")
+        else:
+            self.console.status(f"Job {state.job_id[:8]}: {state.action} failed - {result.get('error')}")
+        self._finish(state.job_id, result)
+
+    def _finish(self, job_id: str, result: dict) -> None:
+        """Keep the result until the server acknowledges it, and send it now if connected."""
+        self.unacked[job_id] = result
+        while len(self.unacked) > UNACKED_RESULTS_KEPT:
+            old, _ = self.unacked.popitem(last=False)
+            log.warning("dropping unacknowledged result of job %s (too many kept)", old)
+        self._spawn(self._send(result))
+
+    # ---- updates
+
+    async def _handle_update(self, msg: dict) -> Outcome | None:
+        latest = str(msg.get("latest_version") or "")
+        if self.settings.no_update:
+            self.console.status(f"Worker {latest or 'update'} is available; not updating (--no-update).")
+            return None
+        url = str(msg.get("url") or download_url_for(self.settings.server))
+        if not same_origin(self.settings.server, url):
+            self.console.status(f"Ignoring an update from {url}: it is not on the server this worker uses.")
+            return None
+        if self.running or self.unacked:
+            self._pending_update = msg
+            self.console.status(f"Worker {latest} is available; updating once the current jobs are done.")
+            return None
+        self._pending_update = None
+        self.console.status(f"Updating the worker to version {latest or '(latest)'}\u2026")
+        try:
+            version = await self._loop.run_in_executor(
+                None, apply_update, url, self.settings.paths.script, self.fetch
+            )
+        except Exception as exc:
+            log.warning("update failed", exc_info=True)
+            self.console.status(
+                f"Update failed ({short_text(str(exc), 150)}); keeping version {WORKER_VERSION}."
+            )
+            return None
+        if version == WORKER_VERSION:
+            self.console.status(f"The server still serves version {version}; not restarting.")
+            return None
+        return Outcome(
+            "reexec", f"Updated to version {version}; restarting.", EXIT_OK, list(self.reexec_argv)
+        )
+
+    async def _maybe_pending_update(self) -> Outcome | None:
+        if self._pending_update is not None and not self.running and not self.unacked:
+            return await self._handle_update(self._pending_update)
+        return None
+
+
+def _parse(raw: Any) -> dict:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        msg = json.loads(raw)
+    except (TypeError, ValueError):
+        log.warning("ignoring a frame that is not JSON")
+        return {}
+    return msg if isinstance(msg, dict) else {}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _print_autostart(console: Console, result: dict) -> None:
+    console.status(result["message"])
+    for step in result.get("manual_steps") or []:
+        console.plain(f"  {step}")
+
+
+def _stdin_isatty() -> bool:
+    try:
+        return bool(sys.stdin) and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    args = parse_args(argv)
+    if args.version:
+        safe_print(f"statsbot-worker {WORKER_VERSION} (protocol {PROTOCOL_VERSION})")
+        return EXIT_OK
+    paths = Paths(statsbot_home())
+    setup_logging(paths.log_file, args.verbose)
+    console = Console()
+    console.plain(
+        f"StatsBot worker {WORKER_VERSION} - Python {platform.python_version()} on {platform.system()}"
+    )
+    store = ConfigStore(paths.config)
+    saved = store.load()
+    try:
+        settings = resolve_settings(args, saved, paths)
+    except UsageError as exc:
+        console.plain(f"Error: {exc}")
+        return EXIT_USAGE
+    have_copy, copy_message = ensure_saved_copy(paths, settings.server, globals().get("__file__"))
+    if copy_message:
+        console.status(copy_message)
+    versions = package_versions()
+    code = ensure_packages(args, paths, console, versions, stdin_isatty=_stdin_isatty(), have_copy=have_copy)
+    if code is not None:
+        return code
+    store.save(settings_to_config(settings, saved))
+    if args.autostart == "off":
+        try:
+            _print_autostart(console, remove_autostart(AutostartEnv.current(paths)))
+        except (JobError, OSError) as exc:
+            console.plain(f"Could not remove autostart: {getattr(exc, 'message', exc)}")
+            return EXIT_ERROR
+        return EXIT_OK
+    if not settings.token and not settings.credential:
+        console.plain(
+            f"This machine is not connected to {urllib.parse.urlsplit(settings.server).netloc} yet. "
+            "In Telegram, send /connect to the bot and run the command it shows."
+        )
+        return EXIT_USAGE
+    console.plain("Folders this worker may read: " + _roots_text(settings.allowed_roots))
+    console.plain(f"Models are saved in: {settings.models_dir}")
+    console.plain(f"Log file: {paths.log_file}")
+    argv_again = [sys.executable, str(paths.script)] + strip_args(
+        sys.argv[1:] if argv is None else list(argv), ("--token", "--autostart"), with_value=("--token",)
+    )
+    try:
+        if args.autostart == "on":
+            result = _autostart_on(args, settings, store, console, versions, have_copy)
+            if result is not None:
+                return result
+        client = WorkerClient(settings, store, console, versions=versions, reexec_argv=argv_again)
+        outcome = asyncio.run(client.run(handle_signals=True))
+    except KeyboardInterrupt:
+        console.status("Stopped.")
+        return _exit(EXIT_OK)
+    if outcome.message:
+        console.status(outcome.message)
+    if outcome.kind == "reexec" and outcome.argv:
+        reexec(outcome.argv)
+    return _exit(outcome.exit_code)
+
+
+def _autostart_on(
+    args: argparse.Namespace,
+    settings: Settings,
+    store: ConfigStore,
+    console: Console,
+    versions: dict[str, str | None],
+    have_copy: bool,
+) -> int | None:
+    """--autostart: get a credential if needed, install the service; None to keep running here."""
+    if not have_copy:
+        console.plain("Autostart needs a saved copy of the worker, which could not be made (see above).")
+        return EXIT_ERROR
+    if not settings.credential:
+        client = WorkerClient(settings, store, console, versions=versions)
+        outcome = asyncio.run(client.run(stop_after_auth=True, handle_signals=True))
+        if outcome.kind != "authenticated":
+            console.status(outcome.message)
+            return outcome.exit_code or EXIT_ERROR
+    try:
+        result = install_autostart(AutostartEnv.current(settings.paths), start_now=not args.foreground)
+    except (JobError, OSError) as exc:
+        console.plain(f"Could not set up autostart: {getattr(exc, 'message', exc)}")
+        return EXIT_ERROR
+    _print_autostart(console, result)
+    if not result["enabled"]:
+        console.status("Autostart is not set up (see above); the worker keeps running in this terminal.")
+    if result["enabled"] and not args.foreground:
+        console.status(f"The worker now runs in the background. Logs: {settings.paths.log_file}")
+        return EXIT_OK
+    return None
+
+
+def _exit(code: int) -> int:
+    """Exit code, ending at once if job threads are still busy (they cannot be interrupted)."""
+    busy = [t for t in threading.enumerate() if t.name.startswith("job") and t.is_alive()]
+    if busy:
+        logging.shutdown()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
