@@ -13,10 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.secrets import hash_secret, new_secret, short_code
-
-
-class InvalidTransition(Exception):
-    """A state change that the model's state machine does not allow."""
+from accounts.state_machine import InvalidTransition, StateMachineModel
 
 
 class Account(models.Model):
@@ -173,7 +170,7 @@ def _pairing_key(poll_secret: str) -> str:
     return "exp_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-class PairingRequest(models.Model):
+class PairingRequest(StateMachineModel):
     """The device-login flow of ``experiment_bot.setup()``.
 
     pending → confirmed (the user tapped the t.me link and the bot confirmed) → claimed (the
@@ -235,16 +232,6 @@ class PairingRequest(models.Model):
         return self.state == self.State.EXPIRED or (
             self.state in (self.State.PENDING, self.State.CONFIRMED) and timezone.now() >= self.expires_at
         )
-
-    def _move(self, new_state: str, **fields: object) -> None:
-        if new_state not in self.TRANSITIONS[self.State(self.state)]:
-            raise InvalidTransition(f"pairing cannot go from {self.state} to {new_state}")
-        updated = PairingRequest.objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
-        if updated != 1:
-            raise InvalidTransition("pairing changed concurrently")
-        self.state = new_state
-        for name, value in fields.items():
-            setattr(self, name, value)
 
     def confirm(self, account: Account) -> ApiKey:
         """The user tapped the link: the key the client will fetch becomes the account's key."""

@@ -8,7 +8,8 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Account, InvalidTransition
+from accounts.models import Account
+from accounts.state_machine import InvalidTransition, StateMachineModel
 from workers.models import Worker
 
 
@@ -20,7 +21,7 @@ class JobQuerySet(models.QuerySet):
         return self.filter(state__in=[Job.State.QUEUED, Job.State.DISPATCHED])
 
 
-class Job(models.Model):
+class Job(StateMachineModel):
     class Action(models.TextChoices):
         DESCRIBE = "describe"
         TRAIN = "train"
@@ -97,20 +98,8 @@ class Job(models.Model):
         """Outbox rows with this key edit the one Telegram message that shows this job."""
         return f"job:{self.id}"
 
-    def can_move_to(self, new_state: str) -> bool:
-        return new_state in self.TRANSITIONS[self.State(self.state)]
-
     def _move(self, new_state: str, **fields: Any) -> None:
-        """Change state if allowed; the conditional UPDATE makes concurrent moves safe."""
-        if not self.can_move_to(new_state):
-            raise InvalidTransition(f"job {self.id} cannot go from {self.state} to {new_state}")
-        fields["updated_at"] = timezone.now()
-        updated = Job.objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
-        if updated != 1:
-            raise InvalidTransition(f"job {self.id} changed state concurrently")
-        self.state = new_state
-        for name, value in fields.items():
-            setattr(self, name, value)
+        super()._move(new_state, updated_at=timezone.now(), **fields)
 
     def mark_dispatched(self, worker: Worker) -> None:
         self._move(self.State.DISPATCHED, worker=worker, dispatched_at=timezone.now())

@@ -9,7 +9,8 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Account, ApiKey, InvalidTransition
+from accounts.models import Account, ApiKey
+from accounts.state_machine import InvalidTransition, StateMachineModel
 
 PROCESS_TAG_EMOJI = ["🟦", "🟩", "🟨", "🟧", "🟥", "🟪", "🟫", "⬛", "🔷", "🔶", "🟢", "🟣"]
 MAX_METRIC_POINTS = 500
@@ -20,7 +21,7 @@ class OutboxMessageQuerySet(models.QuerySet):
         return self.filter(state=OutboxMessage.State.PENDING, next_attempt_at__lte=timezone.now())
 
 
-class OutboxMessage(models.Model):
+class OutboxMessage(StateMachineModel):
     """One message (or edit) to deliver to a chat. Domain code writes rows; the bot's sender delivers.
 
     ``kind`` names how the bot renders it: ``text`` uses ``text``/``parse_mode``/``buttons`` as
@@ -80,16 +81,6 @@ class OutboxMessage(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} to {self.chat_id} ({self.state})"
 
-    def _move(self, new_state: str, **fields: Any) -> None:
-        if new_state not in self.TRANSITIONS[self.State(self.state)]:
-            raise InvalidTransition(f"outbox message {self.pk} cannot go from {self.state} to {new_state}")
-        updated = OutboxMessage.objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
-        if updated != 1:
-            raise InvalidTransition(f"outbox message {self.pk} changed state concurrently")
-        self.state = new_state
-        for name, value in fields.items():
-            setattr(self, name, value)
-
     def mark_sent(self, message_id: int | None) -> None:
         self._move(self.State.SENT, sent_at=timezone.now(), sent_message_id=message_id, error="")
 
@@ -147,7 +138,7 @@ class TrackedProcessQuerySet(models.QuerySet):
         return self.filter(state__in=[TrackedProcess.State.RUNNING, TrackedProcess.State.STALLED])
 
 
-class TrackedProcess(models.Model):
+class TrackedProcess(StateMachineModel):
     """A script run reported by the ``experiment_bot`` client, watched by its heartbeats."""
 
     class State(models.TextChoices):
@@ -209,16 +200,6 @@ class TrackedProcess(models.Model):
     @property
     def progress_edit_key(self) -> str:
         return f"proc:{self.uuid}"
-
-    def _move(self, new_state: str, **fields: Any) -> None:
-        if new_state not in self.TRANSITIONS[self.State(self.state)]:
-            raise InvalidTransition(f"process {self.uuid} cannot go from {self.state} to {new_state}")
-        updated = TrackedProcess.objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
-        if updated != 1:
-            raise InvalidTransition(f"process {self.uuid} changed state concurrently")
-        self.state = new_state
-        for name, value in fields.items():
-            setattr(self, name, value)
 
     def is_overdue(self, grace: timedelta, now: Any = None) -> bool:
         now = now or timezone.now()

@@ -38,3 +38,19 @@ def staff_client(db, django_user_model) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def page():
+    """A Playwright page in headless Chromium (see ``tests.browser``)."""
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            browser.close()

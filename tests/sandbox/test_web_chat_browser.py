@@ -1,35 +1,20 @@
-"""The web chat page in headless Chromium, against the sandbox and a real PTB bot.
-
-Set SAVE_SCREENSHOT=1 to write docs/web-chat.png.
-"""
+"""The web chat page in headless Chromium, against the sandbox and a real PTB bot."""
 
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from telegram_app.sandbox import SandboxThread
+from tests.browser import needs_chromium
 
 from .helpers import BotThread, build_demo_application
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-chat.png"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's /usr/bin/chromium is not installed"),
+    needs_chromium,
 ]
 
 
@@ -41,19 +26,6 @@ def bot(sandbox_thread: SandboxThread) -> Iterator[BotThread]:
         )
     ) as running:
         yield running
-
-
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 720})
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
 
 
 def test_it_chats_taps_and_sees_edits_in_the_browser(
@@ -94,9 +66,6 @@ def test_it_chats_taps_and_sees_edits_in_the_browser(
     page.fill("#message-input", "/start")
     page.press("#message-input", "Enter")
     page.locator(".message.bot").nth(2).locator(".inline-button").first.wait_for()
-    if os.environ.get("SAVE_SCREENSHOT") == "1":
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
 
     hostile = '<img src=x onerror="document.body.dataset.pwned=1"> & <b>not bold</b>'
     [chat_id] = sandbox_thread.state.chats
