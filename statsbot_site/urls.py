@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from notifications.client_download import client_zip
 from statsbot_site.health import healthz
 
 admin.site.site_header = "StatsBot operator console"
@@ -11,5 +12,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("", include("workers.urls")),
     path("api/", include("notifications.urls")),
+    path("client/experiment-bot.zip", client_zip, name="client-zip"),
     path("telegram/", include("telegram_app.urls")),
 ]

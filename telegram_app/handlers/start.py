@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from telegram import Update
 from telegram.ext import ContextTypes
 
 from notifications import services as notification_services
+from notifications.client_download import client_install_url
 from telegram_app import callbacks, store
 from telegram_app.formatting import ago, bold, code, esc, since
 from telegram_app.handlers.common import CONNECT_BUTTON, reply
@@ -49,13 +51,18 @@ def worker_section(worker) -> str:
     )
 
 
+def setup_command() -> str:
+    return f"python -c \"import experiment_bot; experiment_bot.setup(server='{settings.PUBLIC_URL}')\""
+
+
 def key_section(key, new_key: str | None) -> str:
     title = f"🔔 {bold('Experiment notifications')}"
     if new_key:
         return (
             f"{title}\nYour key — shown only this once, keep it secret:\n{code(new_key)}\n\n"
-            f"Use it from Python: {code('pip install experiment-bot')} then\n"
-            f"{code('EXPERIMENT_BOT_KEY=' + new_key[:8] + '…')} or run {code('experiment_bot.setup()')}."
+            f"Install the client: {code('pip install ' + client_install_url())}\n"
+            f"then put {code('EXPERIMENT_BOT_KEY=…')} in your project's .env, or pair a machine without "
+            f"copying anything: {code(setup_command())}"
         )
     if key is None:
         return f"{title}\nNo active key. Tap below to issue one."
