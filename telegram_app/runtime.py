@@ -100,6 +100,7 @@ class BotRuntime:
 
         self.sandbox = SandboxServer(token=settings.TELEGRAM_BOT_TOKEN, bot_username=settings.TELEGRAM_BOT_USERNAME)
         await self.sandbox.start(self.options.sandbox_host, self.options.sandbox_port)
+        settings.TELEGRAM_DEEP_LINK_BASE = f"{self.sandbox.url}/"
         return self.sandbox.api_base_url, self.sandbox.file_base_url
 
     def _build_application(self, api_url: str | None, file_url: str | None) -> Application:

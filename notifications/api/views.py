@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 2
 
 
-def bot_username() -> str:
-    return getattr(settings, "TELEGRAM_BOT_USERNAME", "") or "statsbot_sandbox_bot"
+def start_link(payload: str) -> str:
+    """A link that opens the chat with ``/start <payload>``: t.me, or the sandbox's web chat."""
+    base = settings.TELEGRAM_DEEP_LINK_BASE or f"https://t.me/{settings.TELEGRAM_BOT_USERNAME or 'statsbot_sandbox_bot'}"
+    return f"{base}?start={payload}"
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -54,7 +56,7 @@ def register(call: Call) -> Answer:
     poll_path = reverse("notifications:register-poll", kwargs={"code": pairing.code})
     return 201, {
         "code": pairing.code,
-        "link": f"https://t.me/{bot_username()}?start=pair_{pairing.code}",
+        "link": start_link(f"pair_{pairing.code}"),
         "poll_url": call.request.build_absolute_uri(f"{poll_path}?{urlencode({'secret': poll_secret})}"),
         "expires_in": max(0, round((pairing.expires_at - pairing.created_at).total_seconds())),
         "interval": POLL_INTERVAL_S,

@@ -43,3 +43,27 @@ def test_it_starts_and_shows_the_connect_command_in_the_browser(running_bot, pag
     assert errors == []
     if os.environ.get("SAVE_SCREENSHOT") == "1":
         page.screenshot(path=str(SCREENSHOT))
+
+
+def test_it_pairs_a_machine_by_opening_the_printed_link(running_bot, page, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "EXPERIMENT_BOT_URL": running_bot.web_url, "PYTHONPATH": str(root / "client")}
+    env.pop("EXPERIMENT_BOT_KEY", None)
+    setup = subprocess.Popen([sys.executable, "-c", "import experiment_bot; experiment_bot.setup()"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        link = next(word for line in setup.stdout for word in line.split() if "?start=pair_" in word)
+        assert link.startswith(f"{running_bot.sandbox_url}/?start=pair_")
+        page.goto(link)
+        page.fill("#name-input", "Ann")
+        page.click("#start-chat")
+        page.locator(".message.bot", has_text="Paired!").wait_for()
+        output = setup.communicate(timeout=60)[0]
+    finally:
+        if setup.poll() is None:
+            setup.kill()
+    assert setup.returncode == 0, output
+    assert "EXPERIMENT_BOT_KEY=exp_" in (tmp_path / ".env").read_text()

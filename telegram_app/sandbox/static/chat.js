@@ -576,6 +576,18 @@
       showToast(`Could not load the chat: ${error.message}`);
     }
     pollLoop(current);
+    await followStartLink();
+  }
+
+  // A deep link (…/?start=PAYLOAD, like t.me/<bot>?start=PAYLOAD) sends "/start PAYLOAD" once.
+  async function followStartLink() {
+    const params = new URLSearchParams(location.search);
+    const payload = params.get("start");
+    if (!payload) return;
+    params.delete("start");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+    await sendText(`/start ${payload}`);
   }
 
   // ------------------------------------------------------------------ wiring
