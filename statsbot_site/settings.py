@@ -8,6 +8,7 @@ A malformed value stops the process at start with a message naming the variable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -15,6 +16,10 @@ import environ
 from statsbot_site.config import read_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# python-telegram-bot 22: durations such as RetryAfter.retry_after become timedeltas in its next
+# major version; opt in now so the code is written for that and no deprecation warning fires.
+os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 env = environ.Env()
 CONFIG = read_config(env, BASE_DIR)

@@ -381,10 +381,11 @@ class OutboxSender:
             await database_sync_to_async(_record_sent)(item, message_id)
             return Outcome.DONE
         except RetryAfter as exc:
-            delay = exc.retry_after if isinstance(exc.retry_after, (int, float)) else exc.retry_after.total_seconds()
-            self.pacer.pause(chat_id, float(delay))
+            retry_after = exc.retry_after
+            delay = retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+            self.pacer.pause(chat_id, delay)
             logger.info("outbox %s: Telegram asks to wait %ss", item.message.pk, delay)
-            await database_sync_to_async(_retry)(item, f"429: retry after {delay}s", timedelta(seconds=float(delay)))
+            await database_sync_to_async(_retry)(item, f"429: retry after {delay:g}s", timedelta(seconds=delay))
         except ChatMigrated as exc:
             logger.info("chat %s migrated to %s", chat_id, exc.new_chat_id)
             await database_sync_to_async(_migrate_chat)(chat_id, exc.new_chat_id)
