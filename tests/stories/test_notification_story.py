@@ -136,3 +136,32 @@ def test_it_pairs_a_machine_with_setup_and_a_tap(running_bot, user, api_key, tmp
     assert new_key != api_key
     result = run_example("quick_notify.py", {**script_env(running_bot, new_key)})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_delivers_what_was_sent_while_the_server_was_down(settings, make_account):
+    """Notifications queued by the client while nothing listens arrive once the server is up, once each."""
+    from experiment_bot import ExperimentBot
+
+    from accounts.models import ApiKey
+    from notifications.models import OutboxMessage
+    from telegram_app.runtime import RunOptions
+    from tests.bot.conftest import RunningBot, free_port
+
+    port = free_port()
+    settings.PUBLIC_URL = f"http://127.0.0.1:{port}"
+    account = make_account()
+    _, raw_key = ApiKey.issue(account)
+    client = ExperimentBot(api_key=raw_key, server=settings.PUBLIC_URL, retry_base_delay=0.05, retry_max_delay=0.5)
+    for n in range(3):
+        client.notify(f"epoch {n} done")
+    assert client.flush(timeout=0.5) is False  # nothing listens yet: all three wait in the client
+    server = RunningBot(RunOptions(port=port, sandbox_port=0)).start()
+    try:
+        assert client.flush(timeout=30) is True
+        texts = server.call(lambda: sorted(OutboxMessage.objects.filter(kind="notify")
+                                           .values_list("payload__text", flat=True)))
+        assert texts == ["epoch 0 done", "epoch 1 done", "epoch 2 done"]
+    finally:
+        client.close()
+        server.stop()
