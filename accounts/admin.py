@@ -40,6 +40,12 @@ class AccountAdmin(admin.ModelAdmin):
             )
 
 
+def adopt_saved(obj: object, saved: object) -> None:
+    """Make the admin's unsaved ``obj`` stand for the row a service created (for its log and redirect)."""
+    obj.__dict__.update({k: v for k, v in saved.__dict__.items() if k != "_state"})
+    obj._state = saved._state
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("prefix", "account", "created_at", "last_used_at", "revoked_at")
@@ -50,8 +56,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke_keys"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # keys are issued in the chat, where the user sees them once
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        return ("account",) if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
+        """Adding a key issues one (revoking the account's previous key) and shows it once."""
+        key, raw = ApiKey.issue(obj.account)
+        adopt_saved(obj, key)
+        self.message_user(
+            request, f"New key for {key.account} — shown only now, hand it over securely: {raw}", messages.WARNING
+        )
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

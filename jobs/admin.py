@@ -19,8 +19,18 @@ class JobAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["cancel_jobs", "requeue_jobs"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # jobs come from the chat
+    def get_fields(self, request: HttpRequest, obj: Job | None = None) -> tuple[str, ...]:
+        return ("account", "action", "params") if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> tuple[str, ...]:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Job, form: object, change: bool) -> None:
+        """Adding a job submits it to the account's worker, exactly as the chat would."""
+        from accounts.admin import adopt_saved
+        from jobs.services import submit_job
+
+        adopt_saved(obj, submit_job(obj.account, obj.action, obj.params, context="operator"))
 
     @admin.display(description="Job")
     def short_id(self, job: Job) -> str:

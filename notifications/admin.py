@@ -30,8 +30,27 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     inlines = [AttachmentInline]
     actions = ["retry_messages"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
+        return ("account", "text") if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
+        return () if obj is None else self.readonly_fields
+
+    def get_form(self, request: HttpRequest, obj: OutboxMessage | None = None, **kwargs: object) -> type:
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None:
+            form.base_fields["text"].required = True
+        return form
+
+    def get_inlines(self, request: HttpRequest, obj: OutboxMessage | None) -> list:
+        return [] if obj is None else self.inlines
+
+    def save_model(self, request: HttpRequest, obj: OutboxMessage, form: object, change: bool) -> None:
+        """Adding a message sends plain text to the user's chat through the outbox."""
+        from accounts.admin import adopt_saved
+        from notifications.outbox import enqueue
+
+        adopt_saved(obj, enqueue(obj.account, text=obj.text, parse_mode=""))
 
     @admin.action(description="Retry selected failed messages")
     def retry_messages(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:

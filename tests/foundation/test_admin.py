@@ -1,5 +1,7 @@
 """The operator console: every model listed and viewable by staff, refused to others, actions work."""
 
+import re
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse
@@ -107,3 +109,29 @@ def test_it_issues_a_connect_command_from_the_console(staff_client, one_of_each)
     response = _act(staff_client, Account, "issue_connect_token", [one_of_each["account"]])
     assert "curl -sL http://127.0.0.1:8000/worker | python3 - --token=sbt_" in response.content.decode()
     assert ConnectToken.objects.filter(account=one_of_each["account"]).count() == 2
+
+
+def test_it_creates_accounts_keys_jobs_and_messages_from_the_console(staff_client, one_of_each):
+    from accounts.models import Account
+
+    account = one_of_each["account"]
+    response = staff_client.post(reverse("admin:accounts_account_add"), {
+        "telegram_user_id": 777, "chat_id": 777, "username": "newbie", "created_at_0": "2026-11-23",
+        "created_at_1": "08:00:00", "last_active_at_0": "2026-11-23", "last_active_at_1": "08:00:00",
+        "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0}, follow=True)
+    assert response.status_code == 200 and Account.objects.filter(telegram_user_id=777).exists()
+
+    response = staff_client.post(reverse("admin:accounts_apikey_add"), {"account": account.pk}, follow=True)
+    shown = re.search(r"shown only now, hand it over securely: (exp_[\w-]+)", response.content.decode()).group(1)
+    assert ApiKey.authenticate(shown).account == account and ApiKey.authenticate(shown).is_active
+
+    staff_client.post(reverse("admin:jobs_job_add"), {"account": account.pk, "action": "list_models",
+                                                      "params": "{}"}, follow=True)
+    job = Job.objects.get(action="list_models")
+    assert job.state == Job.State.QUEUED and job.params == {"_context": "operator"}
+
+    staff_client.post(reverse("admin:notifications_outboxmessage_add"),
+                      {"account": account.pk, "text": "Maintenance at 18:00 UTC"}, follow=True)
+    sent = OutboxMessage.objects.get(text="Maintenance at 18:00 UTC")
+    assert (sent.state, sent.chat_id, sent.parse_mode) == (OutboxMessage.State.PENDING, account.chat_id, "")
+    assert staff_client.get(reverse("admin:notifications_outboxmessage_add")).status_code == 200
