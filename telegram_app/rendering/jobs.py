@@ -108,9 +108,14 @@ def _describe(job: Job) -> Rendered:
     return Rendered(text="\n".join(lines), buttons=buttons)
 
 
+METRIC_NAMES = {"r2": "R²", "rmse": "RMSE", "mae": "MAE", "accuracy": "Accuracy", "f1": "F1", "roc_auc": "ROC AUC"}
+
+
 def _metrics_lines(metrics: dict[str, Any]) -> list[str]:
-    names = {"r2": "R²", "rmse": "RMSE", "mae": "MAE", "accuracy": "Accuracy", "f1": "F1", "roc_auc": "ROC AUC"}
-    return [f"• {names.get(k, esc(k))}: {bold(number(v))}" for k, v in metrics.items() if v is not None]
+    """Known metrics in a fixed order (JSON columns on PostgreSQL do not keep key order), then the rest."""
+    names = [*[n for n in METRIC_NAMES if n in metrics], *sorted(n for n in metrics if n not in METRIC_NAMES)]
+    return [f"• {esc(METRIC_NAMES.get(n, n))}: {bold(number(metrics[n]))}" for n in names
+            if metrics[n] is not None]
 
 
 def _train(job: Job) -> Rendered:
@@ -168,10 +173,11 @@ def _predict(job: Job) -> Rendered:
     ]
     summary = result.get("summary") or {}
     if "counts" in summary:
-        counts = ", ".join(f"{esc(k)}: {number(v)}" for k, v in list(summary["counts"].items())[:10])
+        by_count = sorted(summary["counts"].items(), key=lambda item: -item[1])[:10]
+        counts = ", ".join(f"{esc(k)}: {number(v)}" for k, v in by_count)
         lines += ["", f"Predicted classes: {counts}"]
     elif summary:
-        stats = " · ".join(f"{esc(k)} {number(v)}" for k, v in summary.items() if k in ("mean", "std", "min", "max"))
+        stats = " · ".join(f"{k} {number(summary[k])}" for k in ("mean", "std", "min", "max") if k in summary)
         lines += ["", f"Predictions: {stats}"]
     if sample.get("columns") and sample.get("rows"):
         columns = sample["columns"]

@@ -73,6 +73,16 @@ def test_it_trains_on_a_local_csv_and_predicts_with_the_model(running_bot, user,
     written = pd.read_csv(output)
     assert len(written) == 50 and "prediction" in written.columns
 
+    user.send("/models")
+    listing = user.wait_for_message("Models on your machine", timeout=30)
+    model_id = next(line.strip() for line in listing["text"].splitlines() if line.strip().startswith("• "))[2:]
+    assert (home / ".statsbot" / "models" / model_id / "metadata.json").exists()
+    user.tap(labels(listing)[0])
+    user.wait_for_message("cannot be undone")
+    user.tap("Yes, delete it")
+    user.wait_for_message(predicate=lambda m: "Deleted model" in text_of(m), timeout=30)
+    assert not (home / ".statsbot" / "models" / model_id).exists()
+
 
 def test_it_classifies_and_predicts_from_the_model_list(running_bot, user, home, connected_worker):
     data = load_breast_cancer(as_frame=True).frame
