@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.models import Account, ApiKey
 from accounts.state_machine import InvalidTransition, StateMachineModel
 
+MAX_METRIC_NAMES = 100
 PROCESS_TAG_EMOJI = ["🟦", "🟩", "🟨", "🟧", "🟥", "🟪", "🟫", "⬛", "🔷", "🔶", "🟢", "🟣"]
 MAX_METRIC_POINTS = 500
 
@@ -219,7 +220,7 @@ class TrackedProcess(StateMachineModel):
         if total is not None:
             fields["progress_total"] = total
         if metrics:
-            fields["metrics"] = {**self.metrics, **metrics}
+            fields["metrics"] = _capped_merge(self.metrics, metrics)
             if step is not None:
                 series = [*self.metric_series, {"step": step, "values": metrics}]
                 fields["metric_series"] = series[-MAX_METRIC_POINTS:]
@@ -256,8 +257,17 @@ class TrackedProcess(StateMachineModel):
             exit_reason=exit_reason[:64],
             runtime_s=runtime_s if runtime_s is not None else (now - self.started_at).total_seconds(),
             peak_memory_mb=peak_memory_mb,
-            metrics={**self.metrics, **(metrics or {})},
+            metrics=_capped_merge(self.metrics, metrics or {}),
         )
+
+
+def _capped_merge(current: dict[str, float], new: dict[str, float]) -> dict[str, float]:
+    """Latest value per metric; names past ``MAX_METRIC_NAMES`` are not added."""
+    merged = dict(current)
+    for name, value in new.items():
+        if name in merged or len(merged) < MAX_METRIC_NAMES:
+            merged[name] = value
+    return merged
 
 
 class IdempotencyRecord(models.Model):

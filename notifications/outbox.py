@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import Account
 from notifications.models import Attachment, OutboxMessage
 from statsbot_site.layer import OUTBOX_GROUP, ring
+
+FILES_KEPT = timedelta(days=7)  # uploads of delivered messages: long enough to retry by hand
+ROWS_KEPT = timedelta(days=30)
+DONE = [OutboxMessage.State.SENT, OutboxMessage.State.SUPERSEDED, OutboxMessage.State.FAILED]
 
 
 @dataclass(frozen=True)
@@ -58,3 +64,11 @@ def enqueue(
         )
         ring(OUTBOX_GROUP, {"type": "outbox.wake"})
     return message
+
+
+def prune() -> int:
+    """Drop the files of delivered messages after a week, and the delivered rows after a month."""
+    now = timezone.now()
+    files, _ = Attachment.objects.filter(message__state__in=DONE, message__created_at__lt=now - FILES_KEPT).delete()
+    rows, _ = OutboxMessage.objects.filter(state__in=DONE, created_at__lt=now - ROWS_KEPT).delete()
+    return files + rows

@@ -38,6 +38,7 @@ class Decision:
 
 WINDOWS = (Window("10s", 10, 30), Window("1h", 3600, 600))
 PAIRINGS_PER_IP = 20
+PENDING_PAIRINGS_MAX = 10_000  # for everyone together: addresses can be many (or spoofed behind proxies)
 PAIRING_IP_WINDOW = timedelta(minutes=10)
 COUNTER_TTL = timedelta(hours=2)
 
@@ -80,6 +81,11 @@ def check_pairing_ip(ip: str, now: datetime | None = None) -> Decision:
     count = recent.count()
     oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
     retry_after = (oldest + PAIRING_IP_WINDOW - now).total_seconds() if oldest else 0
+    if PairingRequest.objects.filter(state=PairingRequest.State.PENDING, expires_at__gt=now).count() >= (
+        PENDING_PAIRINGS_MAX
+    ):
+        logger.warning("rate limit: %s pairings pending in all; refusing new ones", PENDING_PAIRINGS_MAX)
+        return Decision(allowed=False, retry_after=60, limit=PENDING_PAIRINGS_MAX, window="pending")
     if count >= PAIRINGS_PER_IP:
         logger.info("rate limit: %s pending pairings from one address", count)
         return Decision(allowed=False, retry_after=max(1, math.ceil(retry_after)), limit=PAIRINGS_PER_IP,

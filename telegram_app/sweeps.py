@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from jobs.services import mark_lost_jobs
 from notifications import services as notification_services
+from notifications.outbox import prune as prune_outbox
 from telegram_app.delivery import release_stale_claims
 from workers.models import ConnectToken
 from workers.services import announce_disconnects
@@ -37,6 +38,7 @@ SWEEPS: list[tuple[str, Callable[[], int]]] = [
     ("stale outbox claims", release_stale_claims),
     ("old connect tokens", delete_old_connect_tokens),
     ("idempotency records and rate counters", notification_services.prune_bookkeeping),
+    ("delivered outbox messages", prune_outbox),
 ]
 
 

@@ -168,17 +168,30 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _without_nul(value: Any) -> Any:
+    """NUL characters (which PostgreSQL text cannot store) removed from every string and key."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
 def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any]:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         data = json.loads(text, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise InvalidInput(f"{what} must be UTF-8 encoded JSON", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply", code="invalid_json") from None
     except ValueError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{what} must be a JSON object", code="invalid_json")
-    return data
+    return _without_nul(data) if "\\u0000" in text.lower() else data
 
 
 def _read_multipart(call: Call) -> None:

@@ -30,8 +30,16 @@ _MISSING = object()
 # ---------------------------------------------------------------------------------- primitives
 
 
+MAX_INTEGER = 2**63 - 1  # what the database's bigint holds
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= MAX_INTEGER
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def string(data: dict, name: str, *, required: bool = False, max_length: int | None = None,
@@ -72,7 +80,7 @@ def uuid_value(data: dict, name: str, *, required: bool = False) -> uuid.UUID | 
         raise InvalidInput(f"'{name}' must be a UUID string, not {value[:60]!r}") from None
 
 
-def integer(data: dict, name: str, *, minimum: int = 0, maximum: int | None = None,
+def integer(data: dict, name: str, *, minimum: int = 0, maximum: int | None = MAX_INTEGER,
             label: str | None = None) -> int | None:
     label = label or name
     value = data.get(name)
@@ -82,7 +90,7 @@ def integer(data: dict, name: str, *, minimum: int = 0, maximum: int | None = No
         raise InvalidInput(f"'{label}' must be a whole number")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        bound = f"between {minimum} and {maximum}" if maximum not in (None, MAX_INTEGER) else f"at least {minimum}"
         raise InvalidInput(f"'{label}' must be {bound}")
     return value
 

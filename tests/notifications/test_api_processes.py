@@ -230,3 +230,27 @@ def test_it_ignores_extra_fields_the_client_adds(api):
     assert api.post("/api/heartbeat", {"uuid": body["uuid"], "metrics": {}, "step": None, **extra}).status_code == 200
     finish = {"uuid": body["uuid"], "status": "succeeded", "error": None, "traceback": None, **extra}
     assert api.post("/api/processes/finish", finish).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"total": 10**20},
+        {"heartbeat_interval": 10**400},
+        {"metadata": {"note": "with a \u0000 NUL"}},
+    ],
+)
+def test_it_answers_out_of_range_or_nul_input_without_a_server_error(api, body):
+    response = api.post("/api/processes/start", {"uuid": new_uuid(), "name": "run \u0000 x", **body})
+    assert response.status_code in (201, 400), response.content
+    if response.status_code == 201:
+        from notifications.models import TrackedProcess
+
+        process = TrackedProcess.objects.get()
+        assert "\x00" not in process.name and "\x00" not in str(process.metadata)
+
+
+def test_it_refuses_json_nested_too_deeply(api):
+    nested = "[" * 100_000 + "]" * 100_000  # 200 KB: under the size limit, far over any sane depth
+    response = api.post("/api/notify", raw='{"text": "x", "metadata": ' + nested + "}")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"

@@ -120,3 +120,22 @@ def test_it_prunes_old_bookkeeping(issued_key):
     assert services.prune_bookkeeping() == 2
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
     assert not RateCounter.objects.exists()
+
+
+def test_it_prunes_files_and_rows_of_delivered_messages(account):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from notifications.models import Attachment, OutboxMessage
+    from notifications.outbox import FileToSend, enqueue, prune
+
+    old = enqueue(account, text="old", files=[FileToSend("document", "log.txt", b"x" * 100)])
+    week_old = enqueue(account, text="week", files=[FileToSend("document", "log.txt", b"y")])
+    pending = enqueue(account, text="pending", files=[FileToSend("document", "log.txt", b"z")])
+    OutboxMessage.objects.filter(pk=old.pk).update(state="sent", created_at=timezone.now() - timedelta(days=31))
+    OutboxMessage.objects.filter(pk=week_old.pk).update(state="sent", created_at=timezone.now() - timedelta(days=8))
+    OutboxMessage.objects.filter(pk=pending.pk).update(created_at=timezone.now() - timedelta(days=40))
+    prune()
+    assert list(OutboxMessage.objects.order_by("id").values_list("text", flat=True)) == ["week", "pending"]
+    assert list(Attachment.objects.values_list("message__text", flat=True)) == ["pending"]
