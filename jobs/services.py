@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from accounts.models import Account, InvalidTransition
 from jobs.models import Job
+from notifications.models import OutboxMessage
 from notifications.outbox import enqueue
 from statsbot_site.layer import ring
 from workers.models import Worker, worker_group
@@ -26,9 +28,6 @@ from workers.models import Worker, worker_group
 logger = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 1_000_000
-# Actions whose every step the user follows in one edited message.
-VISIBLE_ACTIONS = {Job.Action.TRAIN, Job.Action.PREDICT, Job.Action.DELETE_MODEL, Job.Action.AUTOSTART,
-                   Job.Action.DESCRIBE, Job.Action.LIST_MODELS}
 
 
 class JobError(Exception):
@@ -36,8 +35,17 @@ class JobError(Exception):
 
 
 def _announce(job: Job) -> None:
-    """Queue an outbox row that renders the job's current state (coalesced by edit key)."""
-    enqueue(job.account, kind="job", payload={"job_id": str(job.id), "state": job.state}, edit_key=job.edit_key)
+    """Queue an outbox row that renders the job's current state.
+
+    Rows are rendered from the database when sent, so one pending row per job is enough: a
+    burst of progress frames (or a chat waiting out a 429) updates it instead of adding rows.
+    """
+    payload = {"job_id": str(job.id), "state": job.state}
+    waiting = OutboxMessage.objects.filter(
+        chat_id=job.account.chat_id, edit_key=job.edit_key, state=OutboxMessage.State.PENDING
+    )
+    if not waiting.update(payload=payload):
+        enqueue(job.account, kind="job", payload=payload, edit_key=job.edit_key)
 
 
 def submit_job(account: Account, action: str, params: dict[str, Any] | None = None, *, context: str = "") -> Job:
@@ -76,10 +84,21 @@ def reconcile_after_reconnect(worker: Worker, running_job_ids: list[str]) -> lis
     worker answers a duplicate with its stored result.
     """
     running = set(running_job_ids)
-    with transaction.atomic():
-        open_jobs = Job.objects.filter(worker=worker, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
-        frames = [job_frame(job) for job in open_jobs if str(job.id) not in running]
+    open_jobs = Job.objects.filter(worker=worker, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
+    frames = [job_frame(job) for job in open_jobs if str(job.id) not in running]
+    # Cancelled while the worker was away: the ring reached nobody, so say it now.
+    cancelled = Job.objects.filter(account_id=worker.account_id, state=Job.State.CANCELLED,
+                                   pk__in=[job_id for job_id in running if _is_uuid(job_id)])
+    frames += [{"type": "cancel", "job_id": str(job.pk)} for job in cancelled]
     return frames + claim_for_dispatch(worker)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def job_for_worker(worker: Worker, job_id: str) -> Job | None:
@@ -99,10 +118,8 @@ def record_progress(job: Job, progress: int, stage: str, message: str) -> None:
 
 def record_result(job: Job, *, success: bool, data: Any, error: str, error_code: str, size: int) -> None:
     """Complete the job from the worker's ``result`` frame."""
-    if job.state == Job.State.CANCELLED:
-        return  # the user cancelled; whatever the worker finished is not wanted
-    if job.state == Job.State.SUCCEEDED:
-        return  # a repeat of a result we already have
+    if job.state in (Job.State.SUCCEEDED, Job.State.FAILED, Job.State.CANCELLED):
+        return  # a repeat of a result we have, or one the user no longer wants (cancelled): acknowledge it
     if success and size > MAX_RESULT_BYTES:
         job.fail(
             f"The worker's result was {size / 1e6:.1f} MB, over the 1 MB limit. Results carry a sample and "

@@ -17,6 +17,7 @@ from typing import Any
 from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from accounts.state_machine import InvalidTransition
 from jobs import services as jobs
 from workers import protocol
 from workers.models import ConnectToken, Worker, worker_group
@@ -96,9 +97,16 @@ def _authenticate(frame: protocol.AuthFrame) -> tuple[Worker, str | None, str | 
             "This machine's credential was revoked or replaced. Send /connect to the bot to connect it again.",
         )
     old_channel = worker.channel_name or None
-    worker.describe_machine(frame["machine"])
-    worker.save()
+    worker.update_machine(frame["machine"])
     return worker, None, old_channel
+
+
+def _connect(worker: Worker, channel_name: str) -> bool:
+    """Mark the worker connected on ``channel_name``; raises AuthRefused if it was revoked meanwhile."""
+    try:
+        return worker.mark_connected(channel_name)
+    except InvalidTransition:
+        raise AuthRefused(CloseCode.REVOKED, "invalid_credential", "This worker was revoked while connecting.") from None
 
 
 class WorkerConsumer(AsyncJsonWebsocketConsumer):
@@ -147,6 +155,7 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         if kind == "ping":
             await self.send_json({"type": "pong"})
             await self._touch()
+            await self._look_at_the_database()
         elif kind == "progress":
             await self._handle_progress(protocol.parse_progress(data))
         elif kind == "result":
@@ -157,19 +166,21 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
             raise ProtocolError("unknown_type", f"Unknown frame type {kind[:40]!r}.")
 
     async def _handle_auth(self, data: dict[str, Any]) -> None:
-        if throttle.refused(self.address):
-            await self._refuse(
-                CloseCode.TOO_MANY_ATTEMPTS,
-                "too_many_attempts",
-                "Too many failed attempts from this address; try again later.",
-                retry_after=throttle.retry_after(self.address),
-            )
-            return
         frame = protocol.parse_auth(data)
         try:
             worker, credential, old_channel = await database_sync_to_async(_authenticate)(frame)
+            announce = await database_sync_to_async(_connect)(worker, self.channel_name)
         except AuthRefused as refusal:
+            # Only failures count: a valid secret is never refused, whoever shares the address.
             throttle.record(self.address)
+            if throttle.refused(self.address):
+                await self._refuse(
+                    CloseCode.TOO_MANY_ATTEMPTS,
+                    "too_many_attempts",
+                    "Too many failed attempts from this address; try again later.",
+                    retry_after=throttle.retry_after(self.address),
+                )
+                return
             await asyncio.sleep(throttle.delay(self.address))  # slows down guessing, not a sync point
             await self._refuse(refusal.close_code, refusal.code, refusal.message)
             return
@@ -178,7 +189,6 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         if old_channel and old_channel != self.channel_name:
             await self.channel_layer.send(old_channel, {"type": "worker.replaced"})
         await self.channel_layer.group_add(worker_group(worker.account_id), self.channel_name)
-        announce = await database_sync_to_async(worker.mark_connected)(self.channel_name)
         outdated = is_outdated(worker.worker_version)
         response: dict[str, Any] = {
             "type": "auth_response",
@@ -227,6 +237,18 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         )
         await self.send_json({"type": "result_ack", "job_id": frame["job_id"]})
         await self._touch()
+
+    async def _look_at_the_database(self) -> None:
+        """On every heartbeat: the database, not the doorbell, decides what this worker should do.
+
+        Channel-layer groups expire (a day by default) and a ring can be lost, so rejoin the
+        group, stop if the worker was revoked, and send whatever is queued for it.
+        """
+        await self.channel_layer.group_add(worker_group(self.worker.account_id), self.channel_name)
+        if not await database_sync_to_async(Worker.objects.live().filter(pk=self.worker.pk).exists)():
+            await self.worker_revoked({})
+            return
+        await self.jobs_dispatch({})
 
     async def _own_job(self, job_id: str) -> Any:
         job = await database_sync_to_async(jobs.job_for_worker)(self.worker, job_id)

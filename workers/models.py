@@ -138,9 +138,12 @@ class Worker(models.Model):
         with transaction.atomic():
             for old in cls.objects.live().filter(account=account).select_for_update():
                 old.revoke(cls.RevokeReason.REPLACED)
-            worker = cls(account=account, credential_hash=secret.hash, credential_prefix=secret.prefix)
-            worker.describe_machine(machine)
-            worker.save()
+            worker = cls.objects.create(
+                account=account,
+                credential_hash=secret.hash,
+                credential_prefix=secret.prefix,
+                **cls.machine_fields(machine),
+            )
         return worker, secret.raw
 
     @classmethod
@@ -154,17 +157,30 @@ class Worker(models.Model):
             .first()
         )
 
-    def describe_machine(self, machine: dict[str, Any]) -> None:
-        """Copy what the worker reported about its machine (already validated by the consumer)."""
-        self.machine_id = str(machine.get("machine_id", ""))[:64]
-        self.machine_name = str(machine.get("hostname") or "unknown machine")[:255]
-        self.platform = str(machine.get("platform", ""))[:64]
-        self.os_release = str(machine.get("os_release", ""))[:128]
-        self.python_version = str(machine.get("python", ""))[:32]
-        self.worker_version = str(machine.get("worker_version", ""))[:32]
+    @staticmethod
+    def machine_fields(machine: dict[str, Any]) -> dict[str, Any]:
+        """The model fields for what a worker reported about its machine (validated by the consumer)."""
         packages = machine.get("packages") or {}
-        self.packages = {str(k)[:64]: (str(v)[:32] if v else None) for k, v in list(packages.items())[:50]}
-        self.models_available = [str(m)[:32] for m in (machine.get("models") or [])][:20]
+        return {
+            "machine_id": str(machine.get("machine_id", ""))[:64],
+            "machine_name": str(machine.get("hostname") or "unknown machine")[:255],
+            "platform": str(machine.get("platform", ""))[:64],
+            "os_release": str(machine.get("os_release", ""))[:128],
+            "python_version": str(machine.get("python", ""))[:32],
+            "worker_version": str(machine.get("worker_version", ""))[:32],
+            "packages": {str(k)[:64]: (str(v)[:32] if v else None) for k, v in list(packages.items())[:50]},
+            "models_available": [str(m)[:32] for m in (machine.get("models") or [])][:20],
+        }
+
+    def _update_if_live(self, **fields: Any) -> None:
+        """Change this live worker's row; a concurrent revocation wins and raises InvalidTransition."""
+        if not Worker.objects.filter(pk=self.pk, revoked_at__isnull=True).update(**fields):
+            raise InvalidTransition("this worker was revoked")
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def update_machine(self, machine: dict[str, Any]) -> None:
+        self._update_if_live(**self.machine_fields(machine))
 
     def mark_connected(self, channel_name: str) -> bool:
         """Record a new connection. Returns True when the user should hear about it.
@@ -172,16 +188,15 @@ class Worker(models.Model):
         They should on the first connection and after a disconnect notice was sent; a
         reconnect within the grace period is silent.
         """
-        if self.revoked_at is not None:
-            raise InvalidTransition("a revoked worker cannot connect")
         now = timezone.now()
         announce = self.connected_at is None or self.disconnect_notified_at is not None
-        self.channel_name = channel_name
-        self.connected_at = now
-        self.last_seen_at = now
-        self.disconnected_at = None
-        self.disconnect_notified_at = None
-        self.save()
+        self._update_if_live(
+            channel_name=channel_name,
+            connected_at=now,
+            last_seen_at=now,
+            disconnected_at=None,
+            disconnect_notified_at=None,
+        )
         return announce
 
     def mark_seen(self) -> None:

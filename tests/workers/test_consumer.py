@@ -6,6 +6,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
 from jobs.models import Job
 from jobs.services import cancel_job, submit_job
@@ -134,7 +135,7 @@ async def test_it_dispatches_a_job_and_records_progress_and_result(account, conn
     rows = await database_sync_to_async(list)(
         OutboxMessage.objects.filter(edit_key=job.edit_key).values_list("payload", flat=True)
     )
-    assert [r["state"] for r in rows] == ["queued", "running", "succeeded"]
+    assert [r["state"] for r in rows] == ["succeeded"]  # one pending row per job, kept current
 
 
 async def test_it_dispatches_queued_jobs_when_the_worker_connects(account, connect_token, open_sockets):
@@ -238,3 +239,73 @@ async def test_it_tells_an_outdated_worker_to_update(account, connect_token, ope
     assert response["update_required"] is True
     update = await comm.receive_json_from(timeout=5)
     assert update["type"] == "update" and update["url"].endswith("/worker")
+
+
+async def test_it_looks_at_the_database_on_every_heartbeat(account, connect_token, open_sockets):
+    """A job whose doorbell never rang (expired group, lost message) still goes out on the next ping."""
+    comm, _ = await connected(account, connect_token, open_sockets)
+    await comm.send_json_to({"type": "ping"})
+    assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+    job = await database_sync_to_async(Job.objects.create)(account=account, action=Job.Action.LIST_MODELS)
+    await comm.send_json_to({"type": "ping"})
+    frames = [await comm.receive_json_from(timeout=5) for _ in range(2)]
+    assert {"type": "pong"} in frames
+    assert [f["job_id"] for f in frames if f["type"] == "job"] == [str(job.id)]
+
+
+async def test_it_closes_a_revoked_worker_on_its_next_heartbeat(account, connect_token, open_sockets):
+    comm, response = await connected(account, connect_token, open_sockets)
+    await database_sync_to_async(Worker.objects.filter(pk=response["worker_id"]).update)(
+        revoked_at=timezone.now())
+    await comm.send_json_to({"type": "ping"})
+    assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+    assert (await comm.receive_json_from(timeout=5))["type"] == "revoked"
+    assert (await comm.receive_output(timeout=5))["code"] == CloseCode.REVOKED
+
+
+async def test_it_acknowledges_a_repeated_failed_result(account, connect_token, open_sockets):
+    comm, _ = await connected(account, connect_token, open_sockets)
+    job = await database_sync_to_async(submit_job)(account, Job.Action.TRAIN, {})
+    await comm.receive_json_from(timeout=5)
+    failure = {"type": "result", "job_id": str(job.id), "success": False, "error": "boom", "error_code": "internal"}
+    for _ in range(2):
+        await comm.send_json_to(failure)
+        assert await comm.receive_json_from(timeout=5) == {"type": "result_ack", "job_id": str(job.id)}
+
+
+async def test_it_cancels_on_reconnect_a_job_cancelled_while_away(account, connect_token, open_sockets):
+    comm, response = await connected(account, connect_token, open_sockets)
+    job = await database_sync_to_async(submit_job)(account, Job.Action.TRAIN, {})
+    await comm.receive_json_from(timeout=5)
+    await comm.disconnect()
+    await database_sync_to_async(job.refresh_from_db)()
+    await database_sync_to_async(cancel_job)(job)
+    again = communicator()
+    open_sockets.append(again)
+    await again.connect()
+    await again.send_json_to(auth_frame(credential=response["credential"], running_jobs=[str(job.id)]))
+    assert (await again.receive_json_from(timeout=5))["success"]
+    assert await again.receive_json_from(timeout=5) == {"type": "cancel", "job_id": str(job.id)}
+
+
+async def test_it_refuses_a_worker_revoked_while_it_connects(account, connect_token, open_sockets):
+    from workers import consumers
+
+    comm, response = await connected(account, connect_token, open_sockets)
+    await comm.disconnect()
+    original = consumers._connect
+
+    def revoke_then_connect(worker, channel_name):
+        Worker.objects.filter(pk=worker.pk).update(revoked_at=timezone.now())  # lands between load and save
+        return original(worker, channel_name)
+
+    consumers._connect = revoke_then_connect
+    try:
+        again = communicator()
+        await again.connect()
+        await again.send_json_to(auth_frame(credential=response["credential"]))
+        assert (await again.receive_json_from(timeout=5))["code"] == "invalid_credential"
+    finally:
+        consumers._connect = original
+    worker = await database_sync_to_async(Worker.objects.get)(pk=response["worker_id"])
+    assert worker.revoked_at is not None and not worker.is_online
