@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import html
 import logging
-import warnings
 
 from telegram import BotCommand, Update
 from telegram.constants import ParseMode
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
-from telegram.warnings import PTBUserWarning
 
 from telegram_app import callbacks
-from telegram_app.handlers import connect, jobs, models, predict, start, train, worker
+from telegram_app.handlers import connect, flows, jobs, models, start, worker
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +55,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def register(application: Application) -> None:
-    with warnings.catch_warnings():
-        # Our conversations track state per user and chat on purpose: their buttons carry job
-        # ids, so they need no per-message tracking, and PTB's reminder about it is noise.
-        warnings.filterwarnings("ignore", message="If 'per_message=False'", category=PTBUserWarning)
-        application.add_handler(train.conversation())
-        application.add_handler(predict.conversation())
+    application.add_handler(flows.conversation())
     application.add_handler(CommandHandler("start", start.start))
     application.add_handler(CommandHandler("help", start.help_command))
     application.add_handler(CommandHandler("status", start.status))

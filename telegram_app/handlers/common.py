@@ -37,7 +37,8 @@ CONNECT_BUTTON = {"text": "🔌 Connect Local Worker", "callback_data": callback
 
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """``/cancel`` (or a Cancel button) in any conversation."""
-    context.user_data.clear()
+    for flow in ("train", "predict"):
+        context.user_data.pop(flow, None)
     await reply(update, "Cancelled. Nothing was started. /help lists what I can do.", edit=update.callback_query is not None)
     return ConversationHandler.END
 

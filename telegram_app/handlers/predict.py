@@ -16,10 +16,10 @@ from telegram.ext import (
 from jobs.models import Job
 from telegram_app import callbacks, store
 from telegram_app.formatting import bold, code
-from telegram_app.handlers.common import cancel, no_worker, reply
-from telegram_app.handlers.train import NOT_CANCEL, check_path
+from telegram_app.handlers.common import no_worker, reply
+from telegram_app.handlers.train import PATH_TEXT, check_path
 
-PICK, PATH = range(2)
+PICK, PATH = range(10, 12)  # distinct from /train's states: they share one conversation
 
 
 async def begin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
@@ -77,16 +77,9 @@ async def receive_path(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
     return ConversationHandler.END
 
 
-def conversation() -> ConversationHandler:
-    pick = [
-        CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_PICK)),
-        CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_WITH)),
-    ]
-    return ConversationHandler(
-        entry_points=[CommandHandler("predict", begin), *pick],
-        states={PICK: pick, PATH: [MessageHandler(NOT_CANCEL, receive_path)]},
-        fallbacks=[CommandHandler("cancel", cancel), CallbackQueryHandler(cancel, pattern=f"^{callbacks.CANCEL}$")],
-        name="predict",
-        persistent=True,
-        allow_reentry=True,
-    )
+_PICKED = [
+    CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_PICK)),
+    CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_WITH)),
+]
+ENTRY_POINTS = [CommandHandler("predict", begin), *_PICKED]
+STATES = {PICK: _PICKED, PATH: [MessageHandler(PATH_TEXT, receive_path)]}

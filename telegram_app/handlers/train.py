@@ -22,13 +22,15 @@ from telegram.ext import (
 from jobs.models import Job
 from telegram_app import callbacks, store
 from telegram_app.formatting import bold, code, esc
-from telegram_app.handlers.common import cancel, no_worker, reply
+from telegram_app.handlers.common import no_worker, reply
 from telegram_app.rendering.jobs import MODEL_NAMES
 
 SOURCE, PATH, TARGET, TASK, MODEL, CONFIRM = range(6)
 
-# Text that is a path, not a command: only /cancel interrupts a step that waits for text.
-NOT_CANCEL = filters.TEXT & ~filters.Regex(r"^/cancel(@\w+)?\s*$")
+# While a step waits for a path, text is a path, even "/data.csv" (Telegram marks "/data" as a
+# command). Only the bot's own commands interrupt: /cancel ends the step, the others do their job.
+OWN_COMMANDS = "start|help|status|revoke|connect|worker|train|predict|models|jobs|cancel"
+PATH_TEXT = filters.TEXT & ~filters.Regex(rf"^/({OWN_COMMANDS})(@\w+)?(\s|$)")
 CANCEL_BUTTON = {"text": "✖️ Cancel", "callback_data": callbacks.CANCEL}
 MAX_PATH = 1024
 
@@ -190,22 +192,15 @@ async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     return ConversationHandler.END
 
 
-def conversation() -> ConversationHandler:
-    return ConversationHandler(
-        entry_points=[CommandHandler("train", begin)],
-        states={
-            SOURCE: [CallbackQueryHandler(choose_local, pattern=f"^{callbacks.TRAIN_LOCAL}$")],
-            PATH: [MessageHandler(NOT_CANCEL, receive_path)],
-            TARGET: [
-                CallbackQueryHandler(target_tapped, pattern=callbacks.pattern(callbacks.TRAIN_TARGET)),
-                MessageHandler(NOT_CANCEL, target_typed),
-            ],
-            TASK: [CallbackQueryHandler(choose_task, pattern=f"^{callbacks.TRAIN_TASK}")],
-            MODEL: [CallbackQueryHandler(choose_model, pattern=f"^{callbacks.TRAIN_MODEL}")],
-            CONFIRM: [CallbackQueryHandler(start_training, pattern=f"^{callbacks.TRAIN_START}$")],
-        },
-        fallbacks=[CommandHandler("cancel", cancel), CallbackQueryHandler(cancel, pattern=f"^{callbacks.CANCEL}$")],
-        name="train",
-        persistent=True,
-        allow_reentry=True,
-    )
+ENTRY_POINTS = [CommandHandler("train", begin)]
+STATES = {
+    SOURCE: [CallbackQueryHandler(choose_local, pattern=f"^{callbacks.TRAIN_LOCAL}$")],
+    PATH: [MessageHandler(PATH_TEXT, receive_path)],
+    TARGET: [
+        CallbackQueryHandler(target_tapped, pattern=callbacks.pattern(callbacks.TRAIN_TARGET)),
+        MessageHandler(PATH_TEXT, target_typed),
+    ],
+    TASK: [CallbackQueryHandler(choose_task, pattern=f"^{callbacks.TRAIN_TASK}")],
+    MODEL: [CallbackQueryHandler(choose_model, pattern=f"^{callbacks.TRAIN_MODEL}")],
+    CONFIRM: [CallbackQueryHandler(start_training, pattern=f"^{callbacks.TRAIN_START}$")],
+}

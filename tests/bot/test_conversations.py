@@ -180,3 +180,29 @@ def test_it_disconnects_the_worker_on_request(running_bot, user, worker):
     user.tap("Yes, disconnect")
     user.wait_for_edit(user.last_bot_message()["message_id"], "is disconnected")
     assert running_bot.call(lambda: Worker.objects.get().revoked_at is not None)
+
+
+def test_it_answers_commands_typed_while_waiting_for_a_path(running_bot, user, worker):
+    user.send("/train")
+    user.wait_for_message("Where is the data?")
+    user.tap(labels(user.last_bot_message())[0])
+    user.send("/status")
+    user.wait_for_message("Running processes")
+    user.send("~/data/sales.csv")  # still the path step
+    user.wait_for_message("Which column")
+    assert [j["params"] for j in worker.jobs] == [{"file_path": "~/data/sales.csv"}]
+
+
+def test_it_keeps_one_flow_at_a_time(running_bot, user, worker):
+    user.send("/predict")
+    picker = user.wait_for_message("Which model?")
+    user.send("/train")
+    user.wait_for_message("Where is the data?")
+    user.tap(labels(user.last_bot_message())[0])
+    user.send("~/data/sales.csv")
+    user.wait_for_message("Which column")
+    user.tap(labels(picker)[0], message=picker)  # back to the earlier /predict: it takes over
+    user.wait_for_message("Send the path of the file to predict on")
+    user.send("~/new.csv")
+    user.wait_for_message(predicate=lambda m: "Predictions ready" in (m.get("text") or ""))
+    assert [j["action"] for j in worker.jobs] == ["list_models", "describe", "predict"]
