@@ -67,6 +67,7 @@ class OutboxMessage(StateMachineModel):
     claimed_by = models.CharField(max_length=64, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     sent_message_id = models.BigIntegerField(null=True, blank=True)
+    files_sent = models.PositiveSmallIntegerField(default=0, help_text="Files already delivered (a retry skips them).")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

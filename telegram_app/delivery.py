@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 State = OutboxMessage.State
 MERGE_SEPARATOR = "\n\n"
 CLAIM_SCAN = 500
+# Messages sent to one chat per round (after coalescing): a round stays short, so one busy chat
+# never holds the others up for long; the rest of its claimed rows go back to the queue.
+MESSAGES_PER_CHAT = 3
 STALE_CLAIM = timedelta(minutes=5)
 PLAIN_CHUNKS_MAX = 3
 
@@ -175,6 +178,12 @@ def _record_text_part(item: Item, message_id: int) -> None:
     """The text went out but files remain: a retry must not send the text again."""
     OutboxMessage.objects.filter(pk=item.message.pk).update(sent_message_id=message_id)
     item.message.sent_message_id = message_id
+
+
+def _record_file_part(item: Item) -> None:
+    """One more file went out: a retry starts after it."""
+    item.message.files_sent += 1
+    OutboxMessage.objects.filter(pk=item.message.pk).update(files_sent=item.message.files_sent)
 
 
 def _release(item: Item) -> None:
@@ -352,6 +361,9 @@ class OutboxSender:
         return len(rows)
 
     async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
+        for later in items[MESSAGES_PER_CHAT:]:
+            await database_sync_to_async(_release)(later)
+        items = items[:MESSAGES_PER_CHAT]
         for position, item in enumerate(items):
             if stop is not None and stop.is_set():
                 outcome = Outcome.WAIT
@@ -375,8 +387,9 @@ class OutboxSender:
                 message_id = await self._send_text(chat_id, item.rendered, item.edit_target)
                 if item.rendered.files:
                     await database_sync_to_async(_record_text_part)(item, message_id)
-            for part in item.rendered.files:
+            for part in item.rendered.files[item.message.files_sent:]:
                 sent = await self._send_file(chat_id, part)
+                await database_sync_to_async(_record_file_part)(item)
                 message_id = message_id or sent
             await database_sync_to_async(_record_sent)(item, message_id)
             return Outcome.DONE
@@ -418,15 +431,12 @@ class OutboxSender:
         if edit_target is not None:
             await self.pacer.acquire(chat_id)
             try:
-                await self.bot.edit_message_text(text, chat_id=chat_id, message_id=edit_target, parse_mode=parse_mode,
-                                                 reply_markup=markup, disable_web_page_preview=True)
+                await self._edit(chat_id, edit_target, text, parse_mode, markup)
                 return edit_target
             except BadRequest as exc:
                 reason = exc.message.lower()
                 if "not modified" in reason:
                     return edit_target  # identical edit: nothing to change, not an error
-                if "can't parse entities" in reason:
-                    raise
                 if "message to edit not found" not in reason and "can't be edited" not in reason:
                     raise
                 logger.info("message %s in chat %s cannot be edited; sending a new one", edit_target, chat_id)
@@ -442,6 +452,18 @@ class OutboxSender:
             sent = await self.bot.send_message(chat_id, _plain(text), reply_markup=markup,
                                                disable_web_page_preview=True)
         return sent.message_id
+
+    async def _edit(self, chat_id: int, message_id: int, text: str, parse_mode: str | None, markup) -> None:
+        try:
+            await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id, parse_mode=parse_mode,
+                                             reply_markup=markup, disable_web_page_preview=True)
+        except BadRequest as exc:
+            if "can't parse entities" not in exc.message.lower() or parse_mode is None:
+                raise
+            logger.error("chat %s: markup refused in an edit (%s); editing as plain text", chat_id, exc.message)
+            await self.pacer.acquire(chat_id)
+            await self.bot.edit_message_text(_plain(text), chat_id=chat_id, message_id=message_id,
+                                             reply_markup=markup, disable_web_page_preview=True)
 
     async def _send_long(self, chat_id: int, text: str, markup) -> int:
         chunks = _chunks(text)

@@ -57,8 +57,10 @@ def ago(moment: datetime | None) -> str:
 
 
 def number(value: object) -> str:
-    """Metrics and counts the way a person reads them."""
-    if isinstance(value, bool) or value is None:
+    """Metrics and counts the way a person reads them (HTML-safe: anything else is escaped)."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
@@ -71,7 +73,7 @@ def number(value: object) -> str:
         if magnitude >= 1 or magnitude == 0:
             return f"{value:.3f}".rstrip("0").rstrip(".")
         return f"{value:.4g}"
-    return str(value)
+    return esc(value)
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[object]], width: int = 14, max_chars: int = 2800) -> str:

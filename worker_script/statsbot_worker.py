@@ -61,6 +61,7 @@ PREDICT_CHUNK_ROWS = 100_000
 DESCRIBE_SAMPLE_ROWS = 50_000
 DESCRIBE_MAX_COLUMNS = 200
 SAMPLE_STRING_CHARS = 60
+MAX_NAME_CHARS = 200  # column names (and dict keys) in results are cut to this many characters
 MAX_CATEGORIES = 1000  # categories kept per text feature (most frequent first)
 MAX_CLASSES = 200
 MIN_TRAIN_ROWS = 10
@@ -113,6 +114,11 @@ UNPINNED_REQUIREMENTS = (
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_LINE_RE = re.compile(r'^WORKER_VERSION = "(.+)"$', re.MULTILINE)
+MODEL_FORMAT = "statsbot-model"  # the "format" marker in every metadata.json this worker writes
+# C0 and C1 control characters except newline: what could drive a terminal (escape sequences).
+CONTROL_CHARS_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Two leading separators: a UNC or device path (\\server\share, \\?\, \\.\, //server/share).
+NETWORK_PATH_RE = re.compile(r"^[\\/]{2}")
 
 ERROR_CODES = frozenset(
     {
@@ -215,6 +221,17 @@ def fmt_bytes(n: float) -> str:
 def short_text(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def short_name(name: Any) -> str:
+    """A column name as it appears in results: text, at most MAX_NAME_CHARS characters."""
+    text = str(name)
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "\u2026"
+
+
+def strip_controls(text: str) -> str:
+    """text without control characters (terminal escape sequences), newlines kept."""
+    return CONTROL_CHARS_RE.sub("", text)
 
 
 def utc_now_iso() -> str:
@@ -354,6 +371,7 @@ class Console:
         self._lock = threading.Lock()
 
     def status(self, text: str) -> None:
+        text = strip_controls(str(text))  # server-provided text must not drive the terminal
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
         with self._lock:
             self.lines.append(text)
@@ -361,9 +379,17 @@ class Console:
         log.info("%s", text)
 
     def plain(self, text: str) -> None:
+        text = strip_controls(str(text))
         with self._lock:
             self.lines.append(text)
             safe_print(text, self.stream)
+
+
+class _CleanFormatter(logging.Formatter):
+    """Log lines without control characters (they may quote what the server sent)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return strip_controls(super().format(record))
 
 
 def setup_logging(log_file: Path, verbose: bool) -> None:
@@ -373,9 +399,9 @@ def setup_logging(log_file: Path, verbose: bool) -> None:
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    fmt = _CleanFormatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_file.parent)
         fh = logging.handlers.RotatingFileHandler(
             str(log_file), maxBytes=2 * 1024 * 1024, backupCount=3, encoding="utf-8"
         )
@@ -550,14 +576,23 @@ def download_url_for(server_url: str) -> str:
     return urllib.parse.urlunsplit((scheme, parsed.netloc, path + "/worker", "", ""))
 
 
-def same_origin(server_url: str, other_url: str) -> bool:
-    """True when other_url is on the server's host and port, over the matching scheme."""
-    server = urllib.parse.urlsplit(server_url)
-    other = urllib.parse.urlsplit(other_url)
-    expected = "https" if server.scheme == "wss" else "http"
-    if other.scheme != expected and not (expected == "http" and other.scheme == "https"):
+def same_origin(server_url: str, other_url: Any) -> bool:
+    """True when other_url has the server's scheme (https for wss, http for ws), host and port.
+
+    Anything malformed (not text, a bad port, user:password@ in it) is simply not the same origin.
+    """
+    if not isinstance(other_url, str) or not isinstance(server_url, str):
         return False
-    return (server.hostname or "").lower() == (other.hostname or "").lower() and _port(server) == _port(other)
+    try:
+        server = urllib.parse.urlsplit(server_url)
+        other = urllib.parse.urlsplit(other_url.strip())
+        expected = "https" if server.scheme == "wss" else "http"
+        if other.scheme.lower() != expected or other.username is not None or other.password is not None:
+            return False
+        host = (server.hostname or "").lower()
+        return bool(host) and host == (other.hostname or "").lower() and _port(server) == _port(other)
+    except ValueError:  # e.g. a port that is not a number or out of range
+        return False
 
 
 def _port(parts: urllib.parse.SplitResult) -> int:
@@ -599,9 +634,53 @@ class ConfigStore:
         return data
 
 
+def private_dir(path: Path) -> Path:
+    """Create a folder (and its missing parents) with mode 0700; best effort on Windows.
+
+    (``mkdir(parents=True)`` would give the parents the default umask, e.g. 0755.)
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    current = path
+    while not os.path.lexists(current) and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # created meanwhile by someone else: checked below
+            continue
+        try:
+            os.chmod(folder, 0o700)
+        except OSError:  # Windows: best effort
+            pass
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    return path
+
+
+def secure_home(paths: Paths) -> None:
+    """~/.statsbot and its logs, models and outputs folders: create or tighten them to 0700.
+
+    Folders left by an older worker (created with the default umask) are tightened; symlinks
+    (a folder the user placed elsewhere on purpose) and folders of other users are left alone.
+    """
+    private_dir(paths.home)
+    private_dir(paths.log_dir)
+    for folder in (paths.home, paths.log_dir, paths.models, paths.outputs):
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            st = folder.stat()
+            if os.name != "nt" and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(folder, 0o700)
+        except OSError as exc:
+            log.debug("cannot tighten %s: %s", folder, exc)
+
+
 def write_private_file(path: Path, text: str) -> None:
     """Atomically write text to path, readable by the owner only (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -653,6 +732,9 @@ class Settings:
     token: str | None = None
     credential: str | None = None
     no_update: bool = False
+    # The allowed folders as named (absolute, symlinks not resolved), parallel to allowed_roots:
+    # paths are checked against these before anything on disk is resolved.
+    root_aliases: list[Path] = field(default_factory=list)
 
     @property
     def outputs_dir(self) -> Path:
@@ -666,6 +748,11 @@ def resolve_dir(raw: str, what: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"{what} {raw}: no such folder.")
     return path
+
+
+def lexical_path(raw: str) -> Path:
+    """raw made absolute and normalised as text only: nothing on disk is touched."""
+    return Path(os.path.abspath(os.path.normpath(os.path.expanduser(raw))))
 
 
 def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Settings:
@@ -683,11 +770,14 @@ def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Set
         )
     credential = saved.get("credential") if saved.get("server") == server else None
     if args.allow_dir:
-        roots = [resolve_dir(d, "--allow-dir") for d in args.allow_dir]
+        named = list(args.allow_dir)
+        roots = [resolve_dir(d, "--allow-dir") for d in named]
     elif saved.get("allowed_dirs"):
-        roots = [Path(os.path.realpath(str(d))) for d in saved["allowed_dirs"]]
+        named = [str(d) for d in saved["allowed_dirs"]]
+        roots = [Path(os.path.realpath(os.path.expanduser(d))) for d in named]
     else:
-        roots = [Path(os.path.realpath(str(Path.home())))]
+        named = [str(Path.home())]
+        roots = [Path(os.path.realpath(named[0]))]
     if args.models_dir:
         models_dir = Path(os.path.realpath(os.path.expanduser(args.models_dir)))
     elif saved.get("models_dir"):
@@ -709,6 +799,7 @@ def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Set
         token=args.token or None,
         credential=credential,
         no_update=bool(getattr(args, "no_update", False)),
+        root_aliases=[lexical_path(d) for d in named],
     )
 
 
@@ -718,7 +809,14 @@ def settings_to_config(settings: Settings, saved: dict) -> dict:
         {
             "server": settings.server,
             "machine_id": settings.machine_id,
-            "allowed_dirs": [str(p) for p in settings.allowed_roots],
+            "allowed_dirs": [
+                str(p)
+                for p in (
+                    settings.root_aliases
+                    if len(settings.root_aliases) == len(settings.allowed_roots)
+                    else settings.allowed_roots
+                )
+            ],
             "models_dir": str(settings.models_dir),
             "max_file_size_mb": round(settings.max_file_bytes / (1024 * 1024), 3),
             "worker_version": WORKER_VERSION,
@@ -772,33 +870,61 @@ def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(r) for r in roots) or "none"
 
 
-def resolve_user_path(raw: Any, allowed_roots: list[Path], what: str = "file_path") -> Path:
-    """Expand ~, reject NUL and '..', resolve symlinks and require a place inside a root."""
+def _outside(raw: str, path: Path, allowed_roots: list[Path]) -> JobError:
+    suggestion = path.parent if path.suffix else path
+    return JobError(
+        "path_not_allowed",
+        f"{short_text(raw, 300)} is outside the folders this worker may read ({_roots_text(allowed_roots)}). "
+        f"Start the worker with --allow-dir {suggestion} to allow it.",
+    )
+
+
+def resolve_user_path(
+    raw: Any, allowed_roots: list[Path], what: str = "file_path", aliases: Any = ()
+) -> Path:
+    """Expand ~, reject NUL, '..' and network paths, then require a place inside a root.
+
+    The check runs twice: on the path as text (against the roots and their ``aliases``, the
+    folders as named) before anything on disk is touched - on Windows, resolving a path opens
+    it, and opening ``//host/share/x`` (a UNC path) would send the user's credentials to that host - and
+    again on the path with symlinks resolved (against the roots only).
+    """
     if not isinstance(raw, str) or not raw.strip():
         raise JobError("invalid_params", f"{what} must be a non-empty path.")
     raw = raw.strip()
     if "\x00" in raw:
         raise JobError("path_not_allowed", f"{what} contains a NUL byte.")
+    network = JobError(
+        "path_not_allowed",
+        f"{short_text(raw, 300)} is a network or device path; this worker reads local files only "
+        "(copy the file to a local folder).",
+    )
+    if NETWORK_PATH_RE.match(raw):
+        raise network
     expanded = os.path.expanduser(raw)
     parts = re.split(r"[\\/]+", expanded)
     if ".." in parts:
-        raise JobError("path_not_allowed", f"{raw} contains '..'; give the full path to the file.")
+        raise JobError(
+            "path_not_allowed", f"{short_text(raw, 300)} contains '..'; give the full path to the file."
+        )
     if not os.path.isabs(expanded):
         expanded = os.path.join(str(Path.home()), expanded)
-    resolved = Path(os.path.realpath(expanded))
+    lexical = lexical_path(expanded)
+    if NETWORK_PATH_RE.match(str(lexical)):
+        raise network
+    if not any(is_within(lexical, root) for root in [*allowed_roots, *aliases]):
+        raise _outside(raw, lexical, allowed_roots)
+    resolved = Path(os.path.realpath(str(lexical)))
     if not any(is_within(resolved, root) for root in allowed_roots):
-        suggestion = resolved.parent if resolved.suffix else resolved
-        raise JobError(
-            "path_not_allowed",
-            f"{raw} is outside the folders this worker may read ({_roots_text(allowed_roots)}). "
-            f"Start the worker with --allow-dir {suggestion} to allow it.",
-        )
+        raise _outside(raw, resolved, allowed_roots)
     return resolved
 
 
-def check_input_file(raw: Any, allowed_roots: list[Path], max_bytes: int) -> tuple[Path, str]:
+def check_input_file(
+    raw: Any, allowed_roots: list[Path], max_bytes: int, aliases: Any = ()
+) -> tuple[Path, str]:
     """Validate an input path from the server; returns the resolved path and its format."""
-    path = resolve_user_path(raw, allowed_roots)
+    path = resolve_user_path(raw, allowed_roots, aliases=aliases)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -828,15 +954,19 @@ def check_input_file(raw: Any, allowed_roots: list[Path], max_bytes: int) -> tup
     return path, fmt
 
 
-def check_output_path(raw: Any, allowed_roots: list[Path], input_path: Path) -> Path:
-    """An output CSV path from the server: inside a root, .csv, in an existing writable folder."""
-    path = resolve_user_path(raw, allowed_roots, what="output_path")
+def check_output_path(raw: Any, allowed_roots: list[Path], input_path: Path, aliases: Any = ()) -> Path:
+    """An output CSV path from the server: inside a root, .csv, new, in an existing writable folder."""
+    path = resolve_user_path(raw, allowed_roots, what="output_path", aliases=aliases)
     if path.suffix.lower() != ".csv":
         raise JobError("bad_extension", "output_path must end in .csv.")
     if path == input_path:
         raise JobError("invalid_params", "output_path must not be the input file.")
-    if path.exists() and not path.is_file():
-        raise JobError("not_a_file", f"{raw} exists and is not a regular file.")
+    if os.path.lexists(path):
+        raise JobError(
+            "invalid_params",
+            f"{short_text(raw, 300)} already exists; the worker never overwrites a file it was given. "
+            "Choose a new file name, or leave output_path empty for <name>_predictions.csv.",
+        )
     if not path.parent.is_dir():
         raise JobError("file_not_found", f"Folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK):
@@ -1161,11 +1291,13 @@ def build_feature_schema(df: Any, features: list[str]) -> tuple[list[dict], list
             counts = values.value_counts()
             if len(counts) > MAX_CATEGORIES:
                 warnings.append(
-                    f"Column '{name}' has {fmt_int(len(counts))} distinct values; kept the "
+                    f"Column '{short_name(name)}' has {fmt_int(len(counts))} distinct values; kept the "
                     f"{fmt_int(MAX_CATEGORIES)} most frequent, the others count as missing."
                 )
             if n and len(counts) >= 0.9 * n and n > 50:
-                warnings.append(f"Column '{name}' looks like an identifier (almost every value is unique).")
+                warnings.append(
+                    f"Column '{short_name(name)}' looks like an identifier (almost every value is unique)."
+                )
             entry["categories"] = sorted(str(c) for c in counts.index[:MAX_CATEGORIES])
         schema.append(entry)
     return schema, warnings
@@ -1463,16 +1595,33 @@ def make_model_id(model_type: str, target: str, models_dir: Path, now: _dt.datet
 def save_model(models_dir: Path, model_id: str, estimator: Any, metadata: dict) -> Path:
     """model.joblib + metadata.json under models_dir/model_id (metadata written last)."""
     joblib = _require("joblib", "Saving models")
-    models_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(models_dir)
     directory = models_dir / model_id
-    directory.mkdir()
+    directory.mkdir(mode=0o700)
     joblib.dump(estimator, directory / "model.joblib")
     write_file_atomic(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"))
     return directory
 
 
+def check_models_dir_private(models_dir: Path) -> None:
+    """Refuse a models folder other users can write to: loading a model runs its pickled code."""
+    if os.name == "nt":
+        return
+    try:
+        mode = os.stat(models_dir).st_mode
+    except OSError:
+        return  # no folder: the model is simply not found
+    if mode & 0o022:
+        raise JobError(
+            "unreadable",
+            f"Refusing to load models from {models_dir}: other users can write to that folder, so a "
+            f"model there could have been replaced. Run 'chmod go-w {models_dir}' and try again.",
+        )
+
+
 def load_model(models_dir: Path, model_id: Any) -> tuple[dict, Any]:
     directory = model_dir_for(models_dir, validate_model_id(model_id))
+    check_models_dir_private(Path(os.path.realpath(str(models_dir))))
     meta_file = directory / "metadata.json"
     if not meta_file.is_file():
         raise JobError("model_not_found", f"No model {model_id} on this machine (see /models in the bot).")
@@ -1493,7 +1642,9 @@ def load_model(models_dir: Path, model_id: Any) -> tuple[dict, Any]:
 def job_describe(ctx: JobContext) -> dict:
     """Columns, dtypes, row count and a few rows of a local file."""
     s = ctx.settings
-    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    path, fmt = check_input_file(
+        ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes, s.root_aliases
+    )
     ctx.progress(10, "reading", f"Reading {path.name}\u2026")
     sample = read_table(path, fmt, nrows=DESCRIBE_SAMPLE_ROWS + 1)
     ctx.checkpoint()
@@ -1508,7 +1659,7 @@ def job_describe(ctx: JobContext) -> dict:
         col = sample[name]
         columns.append(
             {
-                "name": json_safe(name, 200),
+                "name": short_name(name),
                 "dtype": str(col.dtype),
                 "missing": int(col.isna().sum()),
                 "unique": int(col.nunique(dropna=True)),
@@ -1518,7 +1669,7 @@ def job_describe(ctx: JobContext) -> dict:
     head = sample.head(5)
     shown = list(sample.columns)[:DESCRIBE_MAX_COLUMNS]
     rows_out = [
-        {str(c): json_safe(rec[i]) for i, c in enumerate(shown)}
+        {short_name(c): json_safe(rec[i]) for i, c in enumerate(shown)}
         for rec in head[shown].itertuples(index=False)
     ]
     return {
@@ -1538,7 +1689,7 @@ def job_describe(ctx: JobContext) -> dict:
 
 
 def _list_some(names: list[str], limit: int = 15) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(short_name(n) for n in names[:limit])
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
@@ -1573,7 +1724,8 @@ def _train_params(params: dict) -> dict:
 def _choose_columns(header: list[str], target: str, features: list[str] | None) -> list[str]:
     if target not in header:
         raise JobError(
-            "bad_target", f"Column '{target}' is not in the file. Available columns: {_list_some(header)}."
+            "bad_target",
+            f"Column '{short_name(target)}' is not in the file. Available columns: {_list_some(header)}.",
         )
     if features is None:
         chosen = [c for c in header if c != target]
@@ -1596,18 +1748,20 @@ def _encode_target(y: Any, task: str, target: str) -> tuple[Any, list | None]:
     if task == "regression":
         if pd.api.types.is_bool_dtype(y) or not pd.api.types.is_numeric_dtype(y):
             raise JobError(
-                "bad_target", f"Target '{target}' is not numeric, so it cannot be a regression target."
+                "bad_target",
+                f"Target '{short_name(target)}' is not numeric, so it cannot be a regression target.",
             )
         return y.astype("float64").to_numpy(), None
     classes_raw = sorted(y.unique().tolist(), key=lambda v: (str(type(v)), v))
     if len(classes_raw) < 2:
         raise JobError(
-            "bad_target", f"Target '{target}' has only one value ({classes_raw[0]!r}); nothing to learn."
+            "bad_target",
+            f"Target '{short_name(target)}' has only one value ({short_text(repr(classes_raw[0]), 100)}); nothing to learn.",
         )
     if len(classes_raw) > MAX_CLASSES:
         raise JobError(
             "bad_target",
-            f"Target '{target}' has {fmt_int(len(classes_raw))} different values - too many classes "
+            f"Target '{short_name(target)}' has {fmt_int(len(classes_raw))} different values - too many classes "
             "(use task_type regression for numbers).",
         )
     index = {v: i for i, v in enumerate(classes_raw)}
@@ -1637,7 +1791,9 @@ def job_train(ctx: JobContext) -> dict:
     model_type, target = p["model_type"], p["target"]
     if model_type == "xgboost":
         _require("xgboost", "XGBoost")
-    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    path, fmt = check_input_file(
+        ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes, s.root_aliases
+    )
     ctx.progress(5, "reading", f"Reading {path.name}\u2026", force=True)
     header = read_columns(path, fmt)
     features = _choose_columns(header, target, p["features"])
@@ -1645,11 +1801,11 @@ def job_train(ctx: JobContext) -> dict:
     ctx.progress(20, "reading", f"Read {fmt_int(len(df))} rows \u00d7 {len(df.columns)} columns")
     warnings: list[str] = []
     if df[target].isna().all():
-        raise JobError("bad_target", f"Target '{target}' has no values (every row is empty).")
+        raise JobError("bad_target", f"Target '{short_name(target)}' has no values (every row is empty).")
     n_missing = int(df[target].isna().sum())
     if n_missing:
         df = df[df[target].notna()]
-        warnings.append(f"Dropped {fmt_int(n_missing)} rows where '{target}' is empty.")
+        warnings.append(f"Dropped {fmt_int(n_missing)} rows where '{short_name(target)}' is empty.")
     if len(df) < MIN_TRAIN_ROWS:
         raise JobError(
             "not_enough_data",
@@ -1674,6 +1830,7 @@ def job_train(ctx: JobContext) -> dict:
     model_id = make_model_id(model_type, target, s.models_dir)
     mm = main_metric(task, metrics)
     metadata = {
+        "format": MODEL_FORMAT,
         "format_version": 1,
         "model_id": model_id,
         "model_type": model_type,
@@ -1700,14 +1857,16 @@ def job_train(ctx: JobContext) -> dict:
         "model_id": model_id,
         "model_type": model_type,
         "task_type": task,
-        "target": target,
-        "features": names,
+        "target": short_name(target),
+        "features": [short_name(n) for n in names],
         "n_rows": int(len(X)),
         "n_train": int(len(X_train)),
         "n_test": int(len(X_test)),
         "metrics": metrics,
         "main_metric": mm,
-        "feature_importance": importance,
+        "feature_importance": [
+            {"feature": short_name(i["feature"]), "importance": i["importance"]} for i in importance
+        ],
         "duration_s": round(time.monotonic() - started, 2),
         "warnings": warnings,
         "model_dir": str(directory),
@@ -1790,8 +1949,33 @@ def default_output_path(input_path: Path, outputs_dir: Path) -> Path:
     name = f"{input_path.stem}_predictions.csv"
     if os.access(input_path.parent, os.W_OK):
         return input_path.parent / name
-    outputs_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(outputs_dir)
     return outputs_dir / f"{input_path.stem}_predictions_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+
+
+def publish_new_file(tmp: Path, dest: Path, label: str) -> None:
+    """Move tmp to dest only if dest does not exist (atomically where the system allows)."""
+    exists = JobError(
+        "invalid_params",
+        f"{short_text(label, 300)} was created while predicting; the worker never overwrites a file "
+        "it was given. Choose a new file name.",
+    )
+    if os.name == "nt":
+        try:
+            os.rename(tmp, dest)  # Windows: rename never replaces an existing file
+        except FileExistsError:
+            raise exists from None
+        return
+    try:
+        os.link(tmp, dest)  # fails if dest exists, whatever appeared there since the check
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if os.path.lexists(dest):
+            raise exists from None
+        os.replace(tmp, dest)
+        return
+    os.unlink(tmp)
 
 
 class CsvSink:
@@ -1862,7 +2046,9 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
     started = time.monotonic()
     s = ctx.settings
     model_id = validate_model_id(ctx.params.get("model_id"))
-    path, fmt = check_input_file(ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes)
+    path, fmt = check_input_file(
+        ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes, s.root_aliases
+    )
     metadata, estimator = load_model(s.models_dir, model_id)
     header = read_columns(path, fmt)
     missing = [f for f in metadata["features"] if f not in header]
@@ -1873,7 +2059,7 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
         )
     raw_out = ctx.params.get("output_path")
     output = (
-        check_output_path(raw_out, s.allowed_roots, path)
+        check_output_path(raw_out, s.allowed_roots, path, s.root_aliases)
         if raw_out
         else default_output_path(path, s.outputs_dir)
     )
@@ -1917,7 +2103,10 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
                     f"Predicted {fmt_int(done)}" + (f" of ~{fmt_int(total)}" if total else "") + " rows",
                 )
         ctx.checkpoint()
-        os.replace(tmp, output)
+        if raw_out:
+            publish_new_file(tmp, output, raw_out)
+        else:
+            os.replace(tmp, output)  # <stem>_predictions.csv is ours: a new run replaces it
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -1931,8 +2120,8 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
         "model_id": model_id,
         "rows": done,
         "output_path": str(output),
-        "columns": out_columns,
-        "sample": {"columns": sample_inputs + out_columns, "rows": sample_rows},
+        "columns": [short_name(c) for c in out_columns],
+        "sample": {"columns": [short_name(c) for c in sample_inputs + out_columns], "rows": sample_rows},
         "summary": summary,
         "duration_s": round(time.monotonic() - started, 2),
     }
@@ -1959,10 +2148,10 @@ def list_models(models_dir: Path) -> tuple[list[dict], list[str]]:
                     "model_id": entry.name,
                     "model_type": meta.get("model_type"),
                     "task_type": meta.get("task_type"),
-                    "target": meta.get("target"),
+                    "target": short_name(meta["target"]) if meta.get("target") is not None else None,
                     "created_at": meta.get("created_at"),
                     "n_features": len(meta.get("features") or []),
-                    "features": list(meta.get("features") or [])[:30],
+                    "features": [short_name(f) for f in list(meta.get("features") or [])[:30]],
                     "main_metric": meta.get("main_metric"),
                     "metrics": meta.get("metrics"),
                 }
@@ -1979,11 +2168,44 @@ def job_list_models(ctx: JobContext) -> dict:
     return {"models": models[:200], "warnings": warnings[:20]}
 
 
+def is_worker_model(directory: Path, model_id: str) -> bool:
+    """True when directory holds a metadata.json written by this worker for model_id.
+
+    The marker is ``"format": "statsbot-model"``; models saved before it existed are recognised
+    by ``format_version`` 1 with their own model_id, model_type and worker_version.
+    """
+    meta_file = directory / "metadata.json"
+    try:
+        if not stat.S_ISREG(os.lstat(meta_file).st_mode):
+            return False
+        if os.path.getsize(meta_file) > 10 * 1024 * 1024:
+            return False
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("model_id") != model_id:
+        return False
+    if meta.get("format") == MODEL_FORMAT:
+        return True
+    return (
+        "format" not in meta
+        and meta.get("format_version") == 1
+        and isinstance(meta.get("model_type"), str)
+        and isinstance(meta.get("worker_version"), str)
+    )
+
+
 def delete_model(models_dir: Path, model_id: Any) -> Path:
-    """Remove one model folder after checking the id is a plain name inside models_dir."""
+    """Remove one model folder: a plain name inside models_dir holding this worker's metadata."""
     directory = model_dir_for(models_dir, validate_model_id(model_id))
     if os.path.islink(models_dir / model_id) or not directory.is_dir():
         raise JobError("model_not_found", f"No model {model_id} on this machine.")
+    if not is_worker_model(directory, model_id):
+        raise JobError(
+            "model_not_found",
+            f"{model_id} in {models_dir} is not a model saved by this worker (no valid metadata.json), "
+            "so it was not deleted.",
+        )
     shutil.rmtree(directory)
     return directory
 
@@ -2182,7 +2404,7 @@ def _autostart_result(
 
 def install_autostart(env: AutostartEnv, start_now: bool = True) -> dict:
     """Install (idempotently) the login service for this OS; manual_steps when a command fails."""
-    env.log_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(env.log_dir)
     if env.system == "Linux":
         return _install_systemd(env, start_now)
     if env.system == "Darwin":
@@ -2305,7 +2527,7 @@ def remove_autostart(env: AutostartEnv) -> dict:
 def sanitize_json(obj: Any) -> Any:
     """Plain JSON types all the way down (numpy scalars, NaN and the like converted)."""
     if isinstance(obj, dict):
-        return {str(k): sanitize_json(v) for k, v in obj.items()}
+        return {short_name(k): sanitize_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [sanitize_json(v) for v in obj]
     return json_safe(obj, max_chars=20_000)
@@ -2355,12 +2577,23 @@ def validate_script(text: str) -> str:
     return match.group(1)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse every 3xx: the script is only ever taken from the exact URL that was checked."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        fp.close()
+        raise ValueError(f"{req.full_url} redirects ({code}) to {newurl}; refusing to follow it")
+
+
 def fetch_text(url: str, timeout: float = 30.0) -> str:
-    """GET an http(s) URL as text (at most DOWNLOAD_MAX_BYTES)."""
+    """GET an http(s) URL as text (at most DOWNLOAD_MAX_BYTES), never following a redirect."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"refusing to download from {url}")
     request = urllib.request.Request(url, headers={"User-Agent": f"statsbot-worker/{WORKER_VERSION}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    opener = urllib.request.build_opener(_NoRedirect())
+    with opener.open(request, timeout=timeout) as response:
+        if response.geturl() != url:
+            raise ValueError(f"the download of {url} came from {response.geturl()}; refusing it")
         data = response.read(DOWNLOAD_MAX_BYTES + 1)
     if len(data) > DOWNLOAD_MAX_BYTES:
         raise ValueError("the download is too large to be the worker script")
@@ -2396,10 +2629,33 @@ def ensure_saved_copy(
     return True, f"Saved a copy of worker {version} to {target}"
 
 
-def apply_update(url: str, target: Path, fetch: Callable[[str], str] = fetch_text) -> str:
-    """Download, check and atomically install a new worker script; returns its version."""
+def version_is_newer(candidate: str, current: str = WORKER_VERSION) -> bool:
+    """True when candidate is strictly newer than current ('1.0.10' > '1.0.9'; '1.0' == '1.0.0')."""
+    new, old = parse_version(candidate), parse_version(current)
+    if not new:
+        return False
+    width = max(len(new), len(old))
+    return new + (0,) * (width - len(new)) > old + (0,) * (width - len(old))
+
+
+def apply_update(
+    url: str,
+    target: Path,
+    fetch: Callable[[str], str] = fetch_text,
+    current: str = WORKER_VERSION,
+    announce: Callable[[str], None] | None = None,
+) -> str:
+    """Download and check a new worker script, then atomically install it; returns its version.
+
+    Nothing is written unless the script compiles, has a WORKER_VERSION line and that version is
+    strictly newer than ``current``; ``announce(version)`` is called just before writing.
+    """
     text = fetch(url)
     version = validate_script(text)
+    if not version_is_newer(version, current):
+        raise ValueError(f"the server offers version {short_text(version, 40)}, not newer than {current}")
+    if announce is not None:
+        announce(version)
     write_file_atomic(target, text.encode("utf-8"))
     return version
 
@@ -2804,15 +3060,19 @@ class WorkerClient:
             if stop_after_auth:
                 await ws.close(1000, "credential saved")
                 return Outcome("authenticated", "Credential saved.")
-            heartbeat = asyncio.ensure_future(
-                self._heartbeat(ws, float(reply.get("heartbeat_interval") or 20))
-            )
+            heartbeat = asyncio.ensure_future(self._heartbeat(ws, heartbeat_interval(reply)))
             try:
                 await self._resend_unacked()
                 while True:
                     raw = await ws.recv()
                     self._last_rx = time.monotonic()
-                    outcome = await self._dispatch(_parse(raw))
+                    try:
+                        outcome = await self._dispatch(_parse(raw))
+                    except wse.ConnectionClosed:
+                        raise
+                    except Exception:  # one bad frame must not cost the connection
+                        log.exception("ignoring a frame that could not be handled")
+                        continue
                     if outcome is not None:
                         await ws.close(1000, "worker restarting")
                         return outcome
@@ -2848,7 +3108,8 @@ class WorkerClient:
         self._connected_at = time.monotonic()
         self._last_rx = self._connected_at
         self.connections += 1
-        worker = f" (worker #{reply['worker_id']})" if reply.get("worker_id") is not None else ""
+        worker_id = reply.get("worker_id")
+        worker = f" (worker #{short_text(worker_id, 40)})" if worker_id is not None else ""
         if not announce:
             self.console.status(
                 f"Connected as {socket.gethostname()}{worker}; this machine's credential is saved."
@@ -2858,7 +3119,9 @@ class WorkerClient:
             f"Connected as {socket.gethostname()}{worker}. Waiting for jobs from Telegram - press Ctrl-C to stop."
         )
         if reply.get("update_required"):
-            self.console.status(f"The server asks for worker version {reply.get('latest_version')}.")
+            self.console.status(
+                f"The server asks for worker version {short_text(reply.get('latest_version'), 40)}."
+            )
 
     def _decide_close(self, code: int, reason: str) -> Outcome | float | None:
         """Map a close code to stop (Outcome), a fixed delay, or None (backoff)."""
@@ -3027,32 +3290,48 @@ class WorkerClient:
     # ---- updates
 
     async def _handle_update(self, msg: dict) -> Outcome | None:
-        latest = str(msg.get("latest_version") or "")
+        """Self-update, only from the connected server, only to a newer version, announced."""
+        raw_latest = msg.get("latest_version")
+        latest = short_text(raw_latest, 40) if isinstance(raw_latest, (str, int, float)) else ""
         if self.settings.no_update:
             self.console.status(f"Worker {latest or 'update'} is available; not updating (--no-update).")
             return None
-        url = str(msg.get("url") or download_url_for(self.settings.server))
-        if not same_origin(self.settings.server, url):
-            self.console.status(f"Ignoring an update from {url}: it is not on the server this worker uses.")
+        raw_url = msg.get("url")
+        if raw_url is None or raw_url == "":
+            url = download_url_for(self.settings.server)
+        elif isinstance(raw_url, str) and same_origin(self.settings.server, raw_url):
+            url = raw_url.strip()
+        else:
+            shown = short_text(raw_url, 120) if isinstance(raw_url, str) else f"a {type(raw_url).__name__}"
+            self.console.status(f"Ignoring an update from {shown}: it is not on the server this worker uses.")
+            return None
+        if latest and not version_is_newer(latest):
+            self.console.status(
+                f"Ignoring an update to version {latest}: this worker already runs {WORKER_VERSION}."
+            )
             return None
         if self.running or self.unacked:
             self._pending_update = msg
-            self.console.status(f"Worker {latest} is available; updating once the current jobs are done.")
+            self.console.status(
+                f"Worker {latest or 'update'} is available; updating once the current jobs are done."
+            )
             return None
         self._pending_update = None
-        self.console.status(f"Updating the worker to version {latest or '(latest)'}\u2026")
+
+        def announce(version: str) -> None:
+            self.console.status(
+                f"Updating worker {WORKER_VERSION} \u2192 {short_text(version, 40)} from {short_text(url, 300)}"
+            )
+
         try:
             version = await self._loop.run_in_executor(
-                None, apply_update, url, self.settings.paths.script, self.fetch
+                None, apply_update, url, self.settings.paths.script, self.fetch, WORKER_VERSION, announce
             )
         except Exception as exc:
             log.warning("update failed", exc_info=True)
             self.console.status(
                 f"Update failed ({short_text(str(exc), 150)}); keeping version {WORKER_VERSION}."
             )
-            return None
-        if version == WORKER_VERSION:
-            self.console.status(f"The server still serves version {version}; not restarting.")
             return None
         return Outcome(
             "reexec", f"Updated to version {version}; restarting.", EXIT_OK, list(self.reexec_argv)
@@ -3069,10 +3348,25 @@ def _parse(raw: Any) -> dict:
         raw = raw.decode("utf-8", errors="replace")
     try:
         msg = json.loads(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         log.warning("ignoring a frame that is not JSON")
         return {}
     return msg if isinstance(msg, dict) else {}
+
+
+def heartbeat_interval(reply: dict, default: float = 20.0) -> float:
+    """auth_response's heartbeat_interval in seconds (1 to 600); the default when malformed."""
+    value = reply.get("heartbeat_interval")
+    if isinstance(value, bool):
+        return default
+    try:
+        seconds = float(value) if value is not None else default
+    except (TypeError, ValueError, OverflowError):
+        log.warning("ignoring heartbeat_interval %r from the server", short_text(repr(value), 60))
+        return default
+    if not math.isfinite(seconds) or seconds <= 0:
+        return default
+    return max(1.0, min(600.0, seconds))
 
 
 # --------------------------------------------------------------------------- main
@@ -3098,6 +3392,10 @@ def main(argv: list[str] | None = None) -> int:
         safe_print(f"statsbot-worker {WORKER_VERSION} (protocol {PROTOCOL_VERSION})")
         return EXIT_OK
     paths = Paths(statsbot_home())
+    try:
+        secure_home(paths)
+    except OSError as exc:
+        safe_print(f"Warning: cannot create {paths.home}: {exc}", sys.stderr)
     setup_logging(paths.log_file, args.verbose)
     console = Console()
     console.plain(
@@ -3133,6 +3431,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     console.plain("Folders this worker may read: " + _roots_text(settings.allowed_roots))
     console.plain(f"Models are saved in: {settings.models_dir}")
+    try:
+        check_models_dir_private(settings.models_dir)
+    except JobError as exc:
+        console.plain(f"Warning: {exc.message}")
     console.plain(f"Log file: {paths.log_file}")
     argv_again = [sys.executable, str(paths.script)] + strip_args(
         sys.argv[1:] if argv is None else list(argv), ("--token", "--autostart"), with_value=("--token",)

@@ -21,7 +21,7 @@ from telegram.ext import (
 
 from jobs.models import Job
 from telegram_app import callbacks, store
-from telegram_app.formatting import bold, code, esc
+from telegram_app.formatting import bold, code, esc, number
 from telegram_app.handlers.common import no_worker, reply
 from telegram_app.rendering.jobs import MODEL_NAMES
 
@@ -124,7 +124,7 @@ async def _ask_task(update: Update, context: ContextTypes.DEFAULT_TYPE, column: 
     state.update(target=column.get("name"), task=suggested)
     other = "classification" if suggested == "regression" else "regression"
     unique = column.get("unique")
-    details = f"{esc(column.get('dtype', '?'))}" + (f", {unique} distinct values" if unique is not None else "")
+    details = f"{esc(column.get('dtype', '?'))}" + (f", {number(unique)} distinct values" if unique is not None else "")
     await reply(
         update,
         f"🎯 Target: {code(column.get('name'))} ({details})\n\nThis looks like {bold(suggested)}. Right?",

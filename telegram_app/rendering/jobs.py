@@ -6,6 +6,7 @@ database at send time, so coalesced progress rows always show the latest state.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from notifications.models import OutboxMessage
 from telegram_app import callbacks, charts
 from telegram_app.formatting import bold, code, duration, esc, number, progress_bar, table
 from telegram_app.rendering import Buttons, FilePart, Rendered, renderer
+
+logger = logging.getLogger(__name__)
 
 TITLES = {
     Job.Action.DESCRIBE: ("🔎", "Reading the file"),
@@ -149,6 +152,15 @@ def _train(job: Job) -> Rendered:
 
 
 def _train_charts(result: dict[str, Any]) -> list[FilePart]:
+    """The charts of a training result; a chart that cannot be drawn never costs the user the metrics."""
+    try:
+        return _draw_train_charts(result)
+    except Exception:
+        logger.exception("could not draw the training charts")
+        return []
+
+
+def _draw_train_charts(result: dict[str, Any]) -> list[FilePart]:
     files = []
     if result.get("feature_importance"):
         files.append(FilePart("photo", "feature_importance.png", charts.feature_importance(result["feature_importance"]),

@@ -172,3 +172,58 @@ def test_it_finds_the_git_root_for_config_search(isolated):
     (isolated / "sub").mkdir()
     (isolated / ".experiment_bot.toml").write_text('api_key = "exp_root"\n')
     assert config.resolve(cwd=isolated / "sub", environ={}).api_key == "exp_root"
+
+
+@pytest.mark.parametrize("raw", ["inf", "nan", "-inf", "Infinity", "infs"])
+def test_it_rejects_non_finite_seconds_from_the_environment(isolated, caplog, raw):
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        settings = config.resolve(
+            environ={"EXPERIMENT_BOT_HEARTBEAT_INTERVAL": raw, "EXPERIMENT_BOT_FLUSH_TIMEOUT": raw}
+        )
+    assert settings.heartbeat_interval == 60.0
+    assert settings.flush_timeout == 5.0
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "EXPERIMENT_BOT_HEARTBEAT_INTERVAL" in messages and "finite" in messages
+
+
+def test_it_rejects_non_finite_seconds_from_the_config_file(isolated, caplog):
+    (isolated / ".experiment_bot.toml").write_text(
+        "[settings]\nheartbeat_interval = inf\nupdate_interval = nan\nflush_timeout = -inf\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        settings = config.resolve(environ={})
+    assert (settings.heartbeat_interval, settings.update_interval, settings.flush_timeout) == (60.0, 10.0, 5.0)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("heartbeat_interval", "update_interval", "flush_timeout"):
+        assert f"settings.{name}" in messages
+
+
+def test_it_rejects_non_finite_seconds_given_as_arguments(isolated, caplog):
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        bot = ExperimentBot(
+            "exp_x", heartbeat_interval=float("inf"), update_interval=float("nan"), flush_timeout=-1
+        )
+    assert bot.settings.heartbeat_interval == 60.0
+    assert bot.settings.update_interval == 10.0
+    assert bot.settings.flush_timeout == 5.0
+    assert "heartbeat_interval" in caplog.text and "using 60.0" in caplog.text
+    with pytest.raises(ValueError, match="finite"):
+        ExperimentBot("exp_x", heartbeat_interval=float("inf"), strict=True)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("statsbot.example.com", "https://statsbot.example.com"),
+        ("statsbot.example.com:8443/api/", "https://statsbot.example.com:8443"),
+        ("10.0.0.5:8000", "https://10.0.0.5:8000"),
+        ("localhost:8000", "http://localhost:8000"),
+        ("127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("[::1]:8000", "http://[::1]:8000"),
+        ("::1", "http://[::1]"),
+        ("http://statsbot.example.com", "http://statsbot.example.com"),  # an explicit scheme is kept
+    ],
+)
+def test_it_defaults_to_https_except_on_this_machine(isolated, given, expected):
+    assert config.normalize_server(given) == expected
+    assert config.resolve(environ={"EXPERIMENT_BOT_URL": given}).server == expected

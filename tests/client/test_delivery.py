@@ -359,3 +359,163 @@ def test_it_retries_at_once_when_flushing_instead_of_waiting_out_a_long_backoff(
         assert [b["text"] for b in server.bodies("/api/notify")] == ["waiting"]
     finally:
         server.stop()
+
+
+def _fail_messages_with_text(fake, texts, status=500):
+    """Make the fake answer ``status`` to every attempt at a notify whose text is in ``texts``
+    (the "poison message" case); everything else is served normally."""
+    original = fake.handle
+
+    def handle(request):
+        if request.path == "/api/notify" and (request.json or {}).get("text") in texts:
+            with fake.cond:
+                fake.attempts.append(request)
+                fake.cond.notify_all()
+            return status, {"error": {"code": "server_error", "message": "boom"}}, {}
+        return original(request)
+
+    fake.handle = handle
+
+
+def test_it_drops_a_message_the_server_keeps_failing_and_delivers_the_rest(fake, make_bot, caplog):
+    _fail_messages_with_text(fake, {"poison 1", "poison 2"})
+    bot = make_bot(fake)
+    with caplog.at_level(logging.DEBUG, logger="experiment_bot"):
+        bot.notify("poison 1")
+        with bot.track("behind the poison") as run:
+            bot.notify("poison 2")
+        bot.notify("last")
+        assert bot.flush(10)
+
+    for text in ("poison 1", "poison 2"):
+        tries = [r for r in fake.attempts if r.path == "/api/notify" and r.json["text"] == text]
+        assert len(tries) == 8  # the cap
+        assert len({r.headers["idempotency-key"] for r in tries}) == 1
+    assert [b["uuid"] for b in fake.started()] == [run.uuid]
+    assert fake.finish_of(run.uuid)["status"] == "succeeded"
+    assert [b["text"] for b in fake.bodies("/api/notify")] == ["last"]
+    # Before giving up, the client checked that the server answers other requests.
+    assert any(r.path == "/api/validate" for r in fake.attempts)
+    assert bot.stats == {"delivered": 3, "dropped": 2, "pending": 0}
+    gave_up = [r for r in caplog.records if "dropped after 8 attempts" in r.getMessage()]
+    assert [r.levelno for r in gave_up] == [logging.WARNING, logging.DEBUG]  # one warning
+    assert "HTTP 500" in gave_up[0].getMessage()
+
+
+def test_it_reports_a_message_dropped_after_repeated_5xx_in_strict_mode(fake, make_bot):
+    _fail_messages_with_text(fake, {"poison"}, status=502)
+    bot = make_bot(fake, strict=True)
+    bot.notify("poison")
+    with pytest.raises(DeliveryError, match="notify dropped after 8 attempts.*HTTP 502"):
+        bot.flush(10)
+
+
+def test_it_keeps_a_failing_message_while_the_whole_server_answers_5xx(fake, make_bot):
+    from experiment_bot_fake import Action
+
+    with fake.cond:
+        fake.always = Action(503)  # the probe fails too: an outage, not a bad message
+    bot = make_bot(fake)
+    bot.notify("kept")
+    bot.notify("behind it")
+    fake.wait_for(lambda: len([r for r in fake.attempts if r.path == "/api/notify"]) >= 12)
+    assert bot.stats == {"delivered": 0, "dropped": 0, "pending": 2}
+    assert any(r.path == "/api/validate" for r in fake.attempts)
+
+    with fake.cond:
+        fake.always = None
+    assert bot.flush(10)
+    assert [b["text"] for b in fake.bodies("/api/notify")] == ["kept", "behind it"]
+    assert bot.stats == {"delivered": 2, "dropped": 0, "pending": 0}
+
+
+def test_it_keeps_retrying_past_the_cap_while_the_server_is_unreachable(make_bot):
+    port = free_port()
+    bot = make_bot(f"http://127.0.0.1:{port}")
+    sender = bot._get_sender()
+    tries = []
+    enough = threading.Event()
+    request = sender.transport.request
+
+    def counting(method, path, **kwargs):
+        tries.append(path)
+        if len(tries) >= 20:
+            enough.set()
+        return request(method, path, **kwargs)
+
+    sender.transport.request = counting
+    bot.notify("first")
+    bot.notify("second")
+    assert enough.wait(10)  # far more than 8 failed attempts (connection refused)
+    assert bot.stats == {"delivered": 0, "dropped": 0, "pending": 2}
+    assert "/api/validate" not in tries  # an unreachable server needs no probe
+
+    server = FakeServer(port).start()
+    try:
+        assert bot.flush(10)
+        assert [b["text"] for b in server.bodies("/api/notify")] == ["first", "second"]
+    finally:
+        server.stop()
+
+
+def test_it_bounds_the_memory_held_by_queued_attachments(make_bot, tmp_path, caplog):
+    port = free_port()
+    bot = make_bot(f"http://127.0.0.1:{port}")
+    sender = bot._get_sender()
+    assert sender.file_budget == 64 * 2**20
+    sender.file_budget = 100
+    files = {}
+    for name, size in (("a.bin", 60), ("b.bin", 60), ("c.bin", 30), ("d.bin", 20)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(name[0].encode() * size)
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        for name in files:
+            assert bot.attach(files[name], f"file {name}") is True
+    # a (60) fits, b (60 more) does not, c (30) fits, d (20 more) does not.
+    assert bot.stats["dropped"] == 2
+    warnings = [r for r in caplog.records if "attachments waiting" in r.getMessage()]
+    assert len(warnings) == 1
+
+    server = FakeServer(port).start()
+    try:
+        assert bot.flush(10)
+        requests = [r for r in server.accepted if r.path == "/api/notify"]
+        assert [r.json["text"].split("\n")[0] for r in requests] == [f"file {n}" for n in files]
+        assert [r.files.get("file", {}).get("content") for r in requests] == [
+            b"a" * 60,
+            None,
+            b"c" * 30,
+            None,
+        ]
+        assert "b.bin not attached" in requests[1].json["text"]
+        # The message delivered after the drops says how many were lost (which one that is
+        # depends on whether "a" was already in flight when they happened).
+        reports = [r.json["metadata"].get("dropped_updates") for r in requests]
+        assert [n for n in reports if n is not None] == [2]
+    finally:
+        server.stop()
+
+
+def test_it_refuses_to_follow_redirects(fake, make_bot, caplog):
+    from experiment_bot.errors import ApiError
+
+    elsewhere = FakeServer().start()
+    try:
+        fake.fail_next("/api/notify", 307, headers={"Location": f"{elsewhere.url}/api/notify"})
+        fake.fail_next("/api/validate", 301, headers={"Location": "https://moved.example/api/validate"})
+        bot = make_bot(fake)
+        with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+            bot.notify("not forwarded")
+            assert bot.flush(5)
+        assert elsewhere.attempts == []  # the key never went to the redirect target
+        assert bot.stats["dropped"] == 1
+        [warning] = [r.getMessage() for r in caplog.records if "redirect" in r.getMessage()]
+        assert f"redirects to {elsewhere.url}/api/notify" in warning
+        assert f"EXPERIMENT_BOT_URL={elsewhere.url}" in warning
+
+        with pytest.raises(ApiError, match="redirects to https://moved.example/api/validate") as raised:
+            bot.validate()
+        assert raised.value.status == 301 and raised.value.code == "redirect"
+        assert [r.method for r in fake.attempts if r.path == "/api/validate"] == ["GET"]
+    finally:
+        elsewhere.stop()

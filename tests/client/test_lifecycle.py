@@ -153,3 +153,38 @@ def test_it_imports_cheaply(tmp_path):
     )
     line = [row for row in timing.stderr.splitlines() if row.rstrip().endswith("| experiment_bot")][0]
     print("python -X importtime:", line)
+
+
+def test_it_delivers_start_and_finish_at_exit_behind_a_message_the_server_keeps_failing(fake, tmp_path):
+    original = fake.handle
+
+    def handle(request):
+        if request.path == "/api/notify" and (request.json or {}).get("text") == "poison":
+            with fake.cond:
+                fake.attempts.append(request)
+                fake.cond.notify_all()
+            return 500, {"error": {"code": "server_error", "message": "boom"}}, {}
+        return original(request)
+
+    fake.handle = handle
+    code = """
+        import experiment_bot
+        experiment_bot.notify("poison")
+        with experiment_bot.track("behind the poison"):
+            pass
+    """
+    env = {
+        "EXPERIMENT_BOT_URL": fake.url,
+        "EXPERIMENT_BOT_KEY": TEST_KEY,
+        "EXPERIMENT_BOT_FLUSH_TIMEOUT": "15",  # normal backoff; the exit flush cuts it short
+    }
+    began = time.monotonic()
+    result = run_script(tmp_path, code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began < 12
+    [start] = fake.started()
+    assert start["name"] == "behind the poison"
+    assert fake.finish_of(start["uuid"])["status"] == "succeeded"
+    assert len([r for r in fake.attempts if r.path == "/api/notify"]) == 8
+    assert "notify dropped after 8 attempts" in result.stderr
+    assert "not delivered before exit" not in result.stderr

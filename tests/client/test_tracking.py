@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -289,3 +290,96 @@ def test_it_turns_the_stall_check_off_when_heartbeats_are_off(fake, make_bot):
         pass
     assert bot.flush(5)
     assert [s["heartbeat_interval"] for s in fake.started()] == [0, 3]
+
+
+def test_it_sends_a_numpy_total_as_a_plain_integer(fake, make_bot):
+    np = pytest.importorskip("numpy")
+    bot = make_bot(fake)
+    with bot.track("numpy total", total=np.int64(10)) as run:
+        pass
+    for _ in bot.track_progress(range(3), total=np.int64(3), name="numpy loop"):
+        pass
+    assert bot.flush(5)
+    first, second = fake.started()
+    assert first["uuid"] == run.uuid
+    assert first["total"] == 10 and type(first["total"]) is int
+    assert second["total"] == 3
+    assert [f["status"] for f in fake.finished()] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("total", "sent"),
+    [(10.7, 10), (4.0, 4), (float("inf"), None), (float("nan"), None), (-3, None), ("ten", None)],
+)
+def test_it_cleans_the_total_of_a_run(fake, make_bot, caplog, total, sent):
+    from experiment_bot import _log
+
+    _log.forget(f"total={total!r} is not a finite, non-negative number; sent without it")
+    bot = make_bot(fake)
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        with bot.track("odd total", total=total) as run:
+            pass
+    assert bot.flush(5)
+    [start] = fake.started()
+    assert start["total"] == sent
+    assert fake.finish_of(run.uuid)["status"] == "succeeded"
+    assert ("non-negative" in caplog.text) is (sent is None)
+    if sent is None:
+        with pytest.raises(ValueError, match="non-negative"):
+            make_bot(fake, strict=True).track("strict", total=total).__enter__()
+        assert tracker.current_run() is None
+
+
+def test_it_tracks_with_an_infinite_heartbeat_interval_from_the_environment(fake, make_bot, monkeypatch):
+    monkeypatch.setenv("EXPERIMENT_BOT_HEARTBEAT_INTERVAL", "inf")
+    bot = make_bot(fake, heartbeat_interval=None)  # use the environment
+    assert bot.settings.heartbeat_interval == 60.0
+    with bot.track("env interval") as run:
+        pass
+    with bot.track("argument interval", heartbeat_interval=float("inf")) as second:
+        pass
+    assert bot.flush(5)
+    assert [s["heartbeat_interval"] for s in fake.started()] == [60, 60]
+    assert [fake.finish_of(r.uuid)["status"] for r in (run, second)] == ["succeeded", "succeeded"]
+    with pytest.raises(ValueError, match="finite"):
+        make_bot(fake, strict=True).track("strict", heartbeat_interval=float("nan")).__enter__()
+    assert tracker._stacks == {} and tracker.current_run() is None
+
+
+def test_it_runs_the_block_untracked_when_the_start_fails(fake, make_bot, monkeypatch, caplog):
+    bot = make_bot(fake)
+
+    def broken_start(run):
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(bot, "_send_start", broken_start)
+    with caplog.at_level(logging.WARNING, logger="experiment_bot"):
+        with bot.track("doomed") as run:
+            assert bot.current_run is run  # a local run: nesting and log_metrics still work
+            run.log_metrics(1, loss=0.5)
+            assert os.environ.get(ENV_PARENT) is None  # never announced, so no child's parent
+        with pytest.raises(ZeroDivisionError):  # the user's own exception still goes through
+
+            @bot.track
+            def crashes():
+                return 1 / 0
+
+            crashes()
+    assert run.status == "succeeded"
+    assert tracker._stacks == {} and tracker._live == set()
+    assert "could not start tracking doomed" in caplog.text and "OverflowError" in caplog.text
+    assert bot.flush(5)
+    assert fake.attempts == []  # nothing half-sent: no start, no heartbeat, no finish
+
+    strict = make_bot(fake, strict=True)
+    monkeypatch.setattr(strict, "_send_start", broken_start)
+    with pytest.raises(OverflowError):
+        with strict.track("strict"):
+            pass
+    assert tracker._stacks == {} and tracker._live == set()
+
+    healthy = make_bot(fake)
+    with healthy.track("works again") as later:
+        pass
+    assert healthy.flush(5)
+    assert fake.finish_of(later.uuid)["status"] == "succeeded"

@@ -104,6 +104,7 @@ class FakeServer:
         self.heartbeat_interval = 20
         self.script_text = script_text
         self.downloads = 0
+        self.redirect_to: str | None = None  # when set, /worker answers 302 to this URL
         self._server = None
 
     async def start(self) -> FakeServer:
@@ -128,6 +129,10 @@ class FakeServer:
     def _process_request(self, connection, request):
         if request.path == "/worker":
             self.downloads += 1
+            if self.redirect_to:
+                response = connection.respond(HTTPStatus.FOUND, "")
+                response.headers["Location"] = self.redirect_to
+                return response
             return connection.respond(HTTPStatus.OK, self.script_text)
         return None
 
