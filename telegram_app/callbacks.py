@@ -25,6 +25,7 @@ JOB_CANCEL = "jc"  # jc:<job>
 WORKER_AUTOSTART = "worker:autostart:"  # + on | off
 WORKER_DISCONNECT = "worker:disconnect"
 WORKER_DISCONNECT_YES = "worker:disconnect:yes"
+PAIR_APPROVE = "pair:"  # + pairing code
 CANCEL = "cancel"
 
 _JOB_REF = re.compile(r"^(?P<prefix>[a-z]+):(?P<job>[0-9a-f-]{36})(?::(?P<index>\d{1,4}))?$")

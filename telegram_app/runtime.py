@@ -142,13 +142,17 @@ class BotRuntime:
         self._tasks.append(asyncio.create_task(self._drain_webhook_updates(), name="webhook-updates"))
 
     async def _drain_webhook_updates(self) -> None:
-        """Feed updates the webhook view stored into the application, oldest first."""
+        """Feed updates the webhook view stored into the application, oldest first; never stops on an error."""
         layer = get_channel_layer()
         channel = await layer.new_channel("updates.")
         await layer.group_add(WEBHOOK_GROUP, channel)
         while not self.stop_event.is_set():
-            for data in await database_sync_to_async(_claim_incoming_updates)():
-                await self.application.update_queue.put(Update.de_json(data, self.application.bot))
+            try:
+                for row_id, data in await database_sync_to_async(_unprocessed_updates)():
+                    await self.application.update_queue.put(Update.de_json(data, self.application.bot))
+                    await database_sync_to_async(_mark_processed)(row_id)
+            except Exception:
+                logger.exception("webhook updates: a round failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(layer.receive(channel), timeout=1.0)
 
@@ -175,9 +179,11 @@ class BotRuntime:
         await self.stop_event.wait()
 
 
-def _claim_incoming_updates(limit: int = 100) -> list[dict]:
-    updates = list(IncomingUpdate.objects.filter(processed_at__isnull=True).order_by("update_id")[:limit])
-    IncomingUpdate.objects.filter(pk__in=[u.pk for u in updates], processed_at__isnull=True).update(
-        processed_at=timezone.now()
-    )
-    return [u.data for u in updates]
+def _unprocessed_updates(limit: int = 100) -> list[tuple[int, dict]]:
+    rows = IncomingUpdate.objects.filter(processed_at__isnull=True).order_by("update_id")[:limit]
+    return [(row.pk, row.data) for row in rows]
+
+
+def _mark_processed(row_id: int) -> None:
+    """Marked once queued: a crash before this hands the update over again (at least once)."""
+    IncomingUpdate.objects.filter(pk=row_id, processed_at__isnull=True).update(processed_at=timezone.now())

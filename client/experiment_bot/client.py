@@ -336,9 +336,7 @@ class ExperimentBot:
         return track_progress(self, iterable, total=total, every=every, name=name)
 
     def _start_auto_run(self, name: str | None, total: int | None) -> Run:
-        run = ProcessTracker(self, name, total=total).new_run()
-        run.auto = True
-        return run.start()
+        return ProcessTracker(self, name, total=total).start_run(auto=True)
 
     def log_metrics(self, step: Any = None, /, **values: Any) -> None:
         """Record metrics on the current run (``bot.log_metrics(epoch, loss=0.3)``)."""

@@ -9,6 +9,7 @@ file (``.experiment_bot.toml`` / ``.experiment_bot.yml`` found the same way, or 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -106,12 +107,35 @@ def key_prefix(key: str) -> str:
     return key[:8]
 
 
+def is_local_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``), bracketed or not."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def normalize_server(url: str) -> str:
+    """``host[:port][/path]`` without a scheme gets ``https://``, except on this machine
+    (localhost, 127.0.0.1, ::1), which gets ``http://``; a trailing ``/`` or ``/api`` goes."""
     url = url.strip().rstrip("/")
     if url.endswith("/api"):
         url = url[: -len("/api")]
     if "://" not in url:
-        url = "http://" + url
+        authority = url.split("/", 1)[0]
+        if authority.startswith("["):  # [::1]:8000
+            host = authority[1:].split("]", 1)[0]
+        elif authority.count(":") > 1:  # a bare IPv6 address such as ::1
+            host = authority
+            url = f"[{authority}]" + url[len(authority) :]
+        else:
+            host = authority.rsplit(":", 1)[0]
+        url = ("http://" if is_local_host(host) else "https://") + url
     return url
 
 
@@ -265,6 +289,8 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
             seconds = float(str(value).strip().rstrip("s")) if isinstance(value, str) else float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected a number of seconds, got {value!r}") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"{where}: expected a finite number of seconds, got {value!r}")
         if seconds < 0:
             raise ValueError(f"{where}: must not be negative, got {value!r}")
         return seconds
@@ -384,5 +410,14 @@ def resolve(
             continue
         if name not in Settings.__slots__:
             raise TypeError(f"unknown setting {name!r}")
+        kind = _SETTINGS_KEYS.get(name) or _NOTIFICATION_KEYS.get(name)
+        if kind is not None:
+            try:
+                value = _coerce(kind, value, name)
+            except ValueError as exc:
+                if settings.strict:
+                    raise
+                log.warning("experiment_bot: %s; using %s", exc, getattr(settings, name))
+                continue
         setattr(settings, name, value)
     return settings

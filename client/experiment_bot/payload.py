@@ -88,6 +88,17 @@ def clean_number(value: Any) -> int | float | None:
     return None
 
 
+def clean_count(value: Any, what: str) -> tuple[int | None, str | None]:
+    """``(count, None)`` for a finite, non-negative number (numpy scalars included; truncated
+    with ``int()``), else ``(None, problem)``. None stays None."""
+    if value is None:
+        return None, None
+    number = None if isinstance(value, bool) else clean_number(value)
+    if number is None or number < 0:
+        return None, f"{what}={value!r} is not a finite, non-negative number; sent without it"
+    return int(number), None
+
+
 def clean_metrics(values: dict[str, Any]) -> dict[str, Any]:
     """Numbers only (the server charts them), at most 100 names of at most 64 characters."""
     clean: dict[str, Any] = {}

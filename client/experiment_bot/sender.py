@@ -2,6 +2,15 @@
 
 The user's thread only appends to a deque under a lock; everything that can be slow (DNS,
 connecting, a server that is down, 429 pauses) happens on the sender thread.
+
+Retry policy: a server that cannot be reached (connection refused, DNS, timeouts) is *down*:
+the message at the head of the queue is retried for as long as it takes, and nothing behind
+it overtakes it. A server that answers 5xx (or "request in progress") to one message gets
+``max_attempts`` tries or ``max_failing_seconds``, whichever comes first. Before the last
+try a cheap ``GET /api/validate`` tells the two cases apart: if the server answers it, the
+message is tried once more at once, and if that fails too the failure is about this message,
+which is dropped (logged, counted) so the rest can go; if the probe fails too, the whole
+server is unwell and the message is kept like in any outage (probed again on each failure).
 """
 
 from __future__ import annotations
@@ -27,6 +36,12 @@ NOTE = 1  # plain notify() messages
 CRITICAL = 2  # process start / finish and error notifications: never dropped by the bound
 
 DEFAULT_MAXSIZE = 1000
+#: Tries for one message the server keeps answering with 5xx, and the longest time it may keep
+#: failing, before it is dropped (only when the server answers other requests; see above).
+MAX_ATTEMPTS = 8
+MAX_FAILING_SECONDS = 600.0
+#: Bytes of attachments the queue may hold; beyond it new attachments are dropped.
+DEFAULT_FILE_BUDGET = 64 * 2**20
 #: While a flush waits (e.g. at exit), failed deliveries are retried at least this often.
 HURRY_DELAY = 0.25
 
@@ -183,12 +198,18 @@ class Sender:
         flush_timeout: float = 5.0,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_failing_seconds: float = MAX_FAILING_SECONDS,
+        file_budget: int = DEFAULT_FILE_BUDGET,
     ) -> None:
         self.transport = transport
         self.maxsize = max(1, int(maxsize))
         self.flush_timeout = flush_timeout
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.max_attempts = max(2, int(max_attempts))
+        self.max_failing_seconds = max_failing_seconds
+        self.file_budget = file_budget
         self.delivered = 0
         self.dropped = 0
         self._init_state()
@@ -210,6 +231,7 @@ class Sender:
         self._errors: list[str] = []
         self._logged: set[Any] = set()
         self._drop_episode = False
+        self._file_episode = False
 
     # ------------------------------------------------------------------ public
 
@@ -225,6 +247,8 @@ class Sender:
                 return True
             if len(self._queue) >= self.maxsize and not self._make_room(envelope):
                 return False
+            if envelope.file is not None:
+                self._check_file_budget(envelope)
             self._queue.append(envelope)
             self._ensure_thread()
             self._cond.notify_all()
@@ -318,6 +342,37 @@ class Sender:
         self._count_drop(f"queue full: dropped {envelope.kind}")
         return False
 
+    def _queued_file_bytes(self) -> int:
+        envelopes = [*self._queue, self._inflight] if self._inflight is not None else self._queue
+        return sum(len(envelope.file[1]) for envelope in envelopes if envelope.file is not None)
+
+    def _check_file_budget(self, envelope: Envelope) -> None:
+        """Keep queued attachments within ``file_budget`` bytes: past it, the new message is
+        sent without its file (with a note in its text) and counted as a dropped update."""
+        assert envelope.file is not None
+        name, content, _content_type = envelope.file
+        queued = self._queued_file_bytes()
+        if queued + len(content) <= self.file_budget:
+            return
+        envelope.file = None
+        note = (
+            f"(file {name} not attached: {queued / 2**20:.1f} MB of attachments were still waiting "
+            "to be sent)"
+        )
+        if isinstance(envelope.body.get("text"), str):
+            envelope.body["text"] = f"{envelope.body['text']}\n{note}"
+        self.dropped += 1
+        self._unreported_drops += 1
+        self._errors.append(f"attachment {name} dropped: {self.file_budget / 2**20:g} MB of attachments queued")
+        if not self._file_episode:
+            self._file_episode = True
+            log.warning(
+                "experiment_bot: %.1f MB of attachments waiting for %s; new files are not attached "
+                "(their messages still go) until the queue drains",
+                queued / 2**20,
+                self.transport.server,
+            )
+
     def _count_drop(self, reason: str) -> None:
         self.dropped += 1
         self._unreported_drops += 1
@@ -371,6 +426,7 @@ class Sender:
                     self._unreported_drops = max(0, self._unreported_drops - reported)
                     if not self._queue:
                         self._drop_episode = False
+                        self._file_episode = False
                 self._cond.notify_all()
 
     def _attach_drop_report(self, envelope: Envelope) -> int:
@@ -393,7 +449,10 @@ class Sender:
             except Exception:
                 log.debug("experiment_bot: collecting metadata failed", exc_info=True)
         fit_body(envelope.body)
-        attempt = 0
+        attempt = 0  # drives the backoff
+        failures = 0  # 5xx / "in progress" answers to this very message
+        failing_since = 0.0
+        verified = False  # the server answered a probe just before the last attempt
         while True:
             if self._key_rejected:
                 return False
@@ -410,11 +469,21 @@ class Sender:
                 if exc.status == 429:
                     delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
                     log.info("experiment_bot: rate limited by the server; retrying in %.1f s", delay)
-                elif exc.status >= 500:
+                elif exc.status >= 500 or (exc.status == 409 and exc.code == "request_in_progress"):
+                    # 409: our earlier attempt is still being processed; retried like a 5xx.
+                    failures += 1
+                    failing_since = failing_since or time.monotonic()
+                    if verified:  # failed again although the server answers other requests
+                        self._give_up(envelope, exc, failures)
+                        return False
                     delay = self._backoff(attempt)
-                    self._log_outage(f"server error {exc.status} ({exc.message})")
-                elif exc.status == 409 and exc.code == "request_in_progress":
-                    delay = self._backoff(attempt)  # our earlier attempt is still being processed
+                    if (
+                        failures >= self.max_attempts - 1
+                        or time.monotonic() - failing_since >= self.max_failing_seconds
+                    ) and self._server_answers():
+                        verified, delay = True, 0.0  # one last try, at once
+                    if exc.status >= 500:
+                        self._log_outage(f"server error {exc.status} ({exc.message})")
                 elif exc.status == 400 and envelope.extra_fields:
                     for name in envelope.extra_fields:
                         envelope.body.pop(name, None)
@@ -425,6 +494,7 @@ class Sender:
                     return False
             except TransportError as exc:
                 honour = False
+                verified = False  # down after all: an outage, not this message
                 delay = self._backoff(attempt)
                 self._log_outage(str(exc))
             else:
@@ -438,6 +508,35 @@ class Sender:
             attempt += 1
             if not self._sleep(delay, shortenable=not honour):
                 return False
+
+    def _server_answers(self) -> bool:
+        """True when the server answers a plain ``GET /api/validate`` without a 5xx, i.e. it
+        is up and the 5xx answers are about one message, not an outage."""
+        if self._stop:
+            return False
+        try:
+            self.transport.request("GET", "/api/validate")
+        except ApiError as exc:
+            return exc.status < 500 and not (exc.status == 409 and exc.code == "request_in_progress")
+        except Exception:  # TransportError: down after all
+            return False
+        return True
+
+    def _give_up(self, envelope: Envelope, exc: ApiError, failures: int) -> None:
+        description = (
+            f"{envelope.kind} dropped after {failures} attempts: the server kept answering HTTP {exc.status} "
+            f"{exc.code} ({exc.message}) to it while answering other requests"
+        )
+        with self._cond:
+            self.dropped += 1
+            self._errors.append(description)
+            first = ("gave up", envelope.kind, exc.status) not in self._logged
+            self._logged.add(("gave up", envelope.kind, exc.status))
+            self._degraded = False  # the server is up; the next messages go as usual
+        if first:
+            log.warning("experiment_bot: %s; moving on to the next message", description)
+        else:
+            log.debug("experiment_bot: %s", description)
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))

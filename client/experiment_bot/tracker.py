@@ -8,6 +8,7 @@ active run and the coalesced metric updates.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from .config import ENV_PARENT
 from .payload import (
     as_uuid,
     classify,
+    clean_count,
     clean_metrics,
     clean_name,
     clean_number,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .client import ExperimentBot
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("experiment_bot")
 
 #: A track_progress loop left early finishes its run after this grace unless an uncaught
 #: exception shows up first (then the run is reported as failed with that traceback).
@@ -147,7 +150,9 @@ class Run:
         self.tags = clean_tags(tags)
         self.parent_uuid = as_uuid(parent_uuid, "parent")
         self.heartbeat_interval = float(heartbeat_interval)
-        self.total = total
+        self.total, problem = clean_count(total, "total")
+        if problem:
+            bot._invalid(problem)  # ValueError in strict mode, else one warning
         self.metadata = dict(metadata or {})
         self.auto = auto
         self.status = "created"
@@ -181,6 +186,8 @@ class Run:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Run:
+        """Put the run on this thread's stack and send its start. If that fails, the run is
+        taken off the stacks again (status back to ``created``) and the error raised."""
         with _cond:
             if self.status != "created":
                 return self
@@ -189,11 +196,23 @@ class Run:
             self._t0 = self._last_sent = time.monotonic()
             _stacks.setdefault(threading.get_ident(), []).append(self)
             _live.add(self)
-            if self._remote:
-                self.bot._send_start(self)
-                _ensure_pulse()
-                _ensure_exit_hooks()
-            _sync_main_thread_state()
+            try:
+                if self._remote:
+                    self.bot._send_start(self)
+                    _ensure_pulse()
+                    _ensure_exit_hooks()
+                _sync_main_thread_state()
+            except BaseException:
+                _remove_from_stacks(self)
+                _live.discard(self)
+                self.status = "created"
+                self.started_at = None
+                self._t0 = 0.0
+                try:
+                    _sync_main_thread_state()
+                except Exception:
+                    log.debug("experiment_bot: restoring the main thread state failed", exc_info=True)
+                raise
             _cond.notify_all()
         return self
 
@@ -482,9 +501,14 @@ class ProcessTracker:
             parent_uuid = self.parent.uuid
         else:
             parent_uuid = str(self.parent) if self.parent else None
-        interval = self.heartbeat_interval
-        if interval is None:
-            interval = self.bot.settings.heartbeat_interval
+        interval = self.bot.settings.heartbeat_interval
+        if self.heartbeat_interval is not None:
+            from .config import _coerce
+
+            try:
+                interval = _coerce("seconds", self.heartbeat_interval, "heartbeat_interval")
+            except ValueError as exc:
+                self.bot._invalid(f"{exc}; using {interval:g} s")  # ValueError in strict mode
         return Run(
             self.bot,
             name or self.name or script_name(),
@@ -495,8 +519,37 @@ class ProcessTracker:
             metadata=self.metadata,
         )
 
+    def start_run(self, *, auto: bool = False) -> Run:
+        """A new started run. Outside strict mode this never raises: when the run cannot be
+        built or started, the block runs with a local run that sends nothing."""
+        run: Run | None = None
+        try:
+            run = self.new_run()
+            run.auto = auto
+            return run.start()
+        except Exception as exc:
+            if self.bot.settings.strict:
+                raise
+            log.warning(
+                "experiment_bot: could not start tracking %s (%s: %s); it runs untracked",
+                (run.name if run is not None else self.name) or "this run",
+                type(exc).__name__,
+                exc,
+            )
+            log.debug("experiment_bot: start failure", exc_info=True)
+        if run is None:
+            run = Run(self.bot, self.name or "process", auto=auto)
+        run._remote = False  # never announced: send nothing for it
+        try:
+            return run.start()  # locally only: current_run() and nesting still work
+        except Exception:
+            log.debug("experiment_bot: could not start the local run either", exc_info=True)
+            run.status = "running"  # detached: finish() still works, nothing is sent
+            run._t0 = time.monotonic()
+            return run
+
     def __enter__(self) -> Run:
-        run = self.new_run().start()
+        run = self.start_run()
         stack = getattr(self._local, "runs", None)
         if stack is None:
             stack = self._local.runs = []

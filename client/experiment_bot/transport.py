@@ -1,7 +1,9 @@
 """HTTP calls to the StatsBot JSON API (standard library only).
 
 One call, one attempt: retrying is the sender's job. ``urllib.request`` is imported on the
-first call, never at import time.
+first call, never at import time. Redirects are never followed: urllib would send the
+``Authorization`` header on to the new address and turn a POST into a GET, so a 3xx answer
+is an :class:`ApiError` saying where the server pointed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def encode_multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
+_opener: Any = None
+
+
+def _no_redirect_opener() -> Any:
+    """A urllib opener like ``urlopen``'s, except that a 3xx answer is not followed but
+    raised as ``HTTPError`` (``redirect_request`` returning None does exactly that)."""
+    global _opener
+    if _opener is None:
+        import urllib.request
+
+        class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+                return None
+
+        _opener = urllib.request.build_opener(RefuseRedirects())
+    return _opener
+
+
 class Transport:
     """Makes single HTTP requests against one server with one key."""
 
@@ -114,7 +134,7 @@ class Transport:
 
         request = urllib.request.Request(self.url(path), data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:  # noqa: S310
+            with _no_redirect_opener().open(request, timeout=timeout or self.timeout) as response:
                 status = response.status
                 raw = response.read()
         except urllib.error.HTTPError as exc:
@@ -124,6 +144,9 @@ class Transport:
                 raw_error = b""
             finally:
                 exc.close()
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location") if exc.headers else None
+                raise ApiError(exc.code, "redirect", _redirect_message(self.url(path), location)) from None
             code, message = _error_fields(raw_error, exc.code, exc.reason)
             retry_after = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             raise ApiError(exc.code, code, message, retry_after) from None
@@ -140,6 +163,20 @@ class Transport:
                 raise TransportError(f"broken response from {self.server}: {exc!r}") from None
             raise
         return status, _json_or_empty(raw)
+
+
+def _redirect_message(url: str, location: str | None) -> str:
+    import urllib.parse
+
+    if not location:
+        return f"{url} answered with a redirect; redirects are not followed. Check the server URL"
+    target = urllib.parse.urljoin(url, location)
+    parts = urllib.parse.urlsplit(target)
+    base = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else target
+    return (
+        f"{url} redirects to {target}; redirects are not followed (the API key would go along and a "
+        f"POST would become a GET). Set the server URL to the final address, e.g. EXPERIMENT_BOT_URL={base}"
+    )
 
 
 def _json_or_empty(raw: bytes) -> dict[str, Any]:

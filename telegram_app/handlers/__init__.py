@@ -6,8 +6,15 @@ import html
 import logging
 
 from telegram import BotCommand, Update
-from telegram.constants import ParseMode
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+from telegram.constants import ChatType, ParseMode
+from telegram.ext import (
+    Application,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    TypeHandler,
+)
 
 from telegram_app import callbacks
 from telegram_app.handlers import connect, flows, jobs, models, start, worker
@@ -28,6 +35,26 @@ COMMANDS = [
     BotCommand("help", "What I can do"),
     BotCommand("cancel", "Stop the current step"),
 ]
+
+
+async def private_only(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """StatsBot shows keys, tokens and file paths: it talks in private chats only."""
+    chat = update.effective_chat
+    if chat is None or chat.type == ChatType.PRIVATE:
+        return
+    if update.message is not None and update.message.text and update.message.text.startswith("/"):
+        await update.message.reply_text(
+            f"I only work in a private chat, where your keys and files stay private: message me at "
+            f"@{context.bot.username}."
+        )
+    elif update.callback_query is not None:
+        await update.callback_query.answer("Please use me in a private chat.", show_alert=True)
+    raise ApplicationHandlerStop
+
+
+async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button no handler takes any more (a finished step, an old message): say so, never spin."""
+    await update.callback_query.answer("This button is out of date. Send the command again.", show_alert=True)
 
 
 async def dismiss(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -55,6 +82,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def register(application: Application) -> None:
+    application.add_handler(TypeHandler(Update, private_only), group=-1)
     application.add_handler(flows.conversation())
     application.add_handler(CommandHandler("start", start.start))
     application.add_handler(CommandHandler("help", start.help_command))
@@ -67,6 +95,7 @@ def register(application: Application) -> None:
     application.add_handler(CommandHandler("cancel", cancel_outside))
     application.add_handler(CallbackQueryHandler(start.help_command, pattern=f"^{callbacks.HELP}$"))
     application.add_handler(CallbackQueryHandler(start.new_key, pattern=f"^{callbacks.NEW_KEY}$"))
+    application.add_handler(CallbackQueryHandler(start.approve_pairing, pattern=f"^{callbacks.PAIR_APPROVE}"))
     application.add_handler(CallbackQueryHandler(connect.connect, pattern=f"^{callbacks.CONNECT}(:replace)?$"))
     application.add_handler(CallbackQueryHandler(worker.autostart_button, pattern=f"^{callbacks.WORKER_AUTOSTART}"))
     application.add_handler(CallbackQueryHandler(worker.disconnect_button, pattern=f"^{callbacks.WORKER_DISCONNECT}"))
@@ -78,4 +107,5 @@ def register(application: Application) -> None:
     )
     application.add_handler(CallbackQueryHandler(jobs.cancel_button, pattern=callbacks.pattern(callbacks.JOB_CANCEL)))
     application.add_handler(CallbackQueryHandler(dismiss, pattern=f"^{callbacks.CANCEL}$"))
+    application.add_handler(CallbackQueryHandler(stale_button))  # last: whatever nothing else took
     application.add_error_handler(on_error)

@@ -9,6 +9,7 @@ from django.conf import settings
 from telegram import Update
 from telegram.ext import ContextTypes
 
+from accounts.models import PairingRequest
 from notifications import services as notification_services
 from notifications.client_download import client_install_url
 from telegram_app import callbacks, store
@@ -89,18 +90,43 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await reply(update, text, buttons)
 
 
+def _pending_pairing(code_: str) -> PairingRequest | None:
+    return PairingRequest.objects.filter(code=code_.removeprefix("pair_")[:16], state="pending").first()
+
+
 async def pair(update: Update, code_: str) -> None:
-    """``/start pair_<code>``: the user tapped the link ``experiment_bot.setup()`` printed."""
+    """``/start pair_<code>``: the link ``experiment_bot.setup()`` printed. Ask before pairing:
+    the link could come from someone else, who would then get a key that posts to this chat."""
+    await store.account_for(update)
+    pairing = await database_sync_to_async(_pending_pairing)(code_)
+    if pairing is None or pairing.is_expired:
+        await pair_answer(update, code_)  # explains: unknown, expired, or already paired
+        return
+    machine = pairing.hostname or "a machine"
+    label = f" ({esc(pairing.label)})" if pairing.label else ""
+    await reply(
+        update,
+        f"🔗 {bold('Pair a machine with this chat?')}\n\nMachine: {bold(machine)}{label}\n"
+        f"Started {ago(pairing.created_at)}.\n\nIts scripts will be able to send messages here, and your "
+        "current key will be revoked. Approve only if you just ran experiment_bot.setup() yourself.",
+        [[{"text": "✅ Approve", "callback_data": callbacks.PAIR_APPROVE + pairing.code},
+          {"text": "Decline", "callback_data": callbacks.CANCEL}]],
+    )
+
+
+async def approve_pairing(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await pair_answer(update, update.callback_query.data.removeprefix(callbacks.PAIR_APPROVE), edit=True)
+
+
+async def pair_answer(update: Update, code_: str, *, edit: bool = False) -> None:
     account = await store.account_for(update)
     outcome = await database_sync_to_async(notification_services.confirm_pairing)(account, code_)
     if isinstance(outcome, notification_services.PairingRefusal):
-        await reply(update, f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link.")
-        return
-    await reply(
-        update,
-        f"✅ {bold('Paired!')} Your script receives key {code(outcome.prefix + '…')} now and saves it to .env.\n"
-        "Any previous key was revoked.",
-    )
+        text = f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link."
+    else:
+        text = (f"✅ {bold('Paired!')} Your script receives key {code(outcome.prefix + '…')} now and saves it "
+                "to .env.\nAny previous key was revoked.")
+    await reply(update, text, edit=edit)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -206,3 +206,15 @@ def test_it_keeps_one_flow_at_a_time(running_bot, user, worker):
     user.send("~/new.csv")
     user.wait_for_message(predicate=lambda m: "Predictions ready" in (m.get("text") or ""))
     assert [j["action"] for j in worker.jobs] == ["list_models", "describe", "predict"]
+
+
+def test_it_answers_a_button_that_is_out_of_date(running_bot, user, worker):
+    user.send("/train")
+    user.wait_for_message("Where is the data?")
+    user.tap(labels(user.last_bot_message())[0])
+    user.send("~/data/sales.csv")
+    columns = user.wait_for_message("Which column")
+    user.send("/cancel")
+    user.wait_for_message("Cancelled")
+    query_id = user.tap("price", message=columns)  # that step is over
+    assert "out of date" in user.wait_for_callback_answer(query_id)["text"]

@@ -81,3 +81,18 @@ def test_it_shows_running_processes_as_a_tree_in_status(running_bot, user):
     lines = text.split("Running processes")[1].strip().splitlines()
     assert "sweep.py" in lines[0] and "grid" in lines[0]
     assert lines[1].strip().startswith("↳") and "lr=0.1" in lines[1]
+
+
+def test_it_asks_before_pairing_and_can_decline(running_bot, user):
+    from accounts.models import PairingRequest
+
+    user.send("/start")
+    first_key = next(w for w in user.wait_for_message("Welcome")["text"].split() if w.startswith("exp_"))
+    pairing, _ = running_bot.call(PairingRequest.start, hostname="stranger-box")
+    user.send(f"/start pair_{pairing.code}")
+    question = user.wait_for_message("Pair a machine with this chat?")
+    assert "stranger-box" in question["text"]
+    user.tap("Decline")
+    user.wait_for_edit(question["message_id"], "nothing changed")
+    assert running_bot.call(PairingRequest.objects.get, pk=pairing.pk).state == PairingRequest.State.PENDING
+    assert running_bot.call(ApiKey.authenticate, first_key).is_active

@@ -124,7 +124,10 @@ def test_it_pairs_a_machine_with_setup_and_a_tap(running_bot, user, api_key, tmp
         link_line = next(line for line in process.stdout if "?start=pair_" in line)
         code = link_line.split("?start=")[1].split()[0]
         user.send(f"/start {code}")
-        assert "Paired!" in user.wait_for_message("Paired!")["text"]
+        question = user.wait_for_message("Pair a machine with this chat?")
+        assert "Approve only if you just ran experiment_bot.setup() yourself" in question["text"]
+        user.tap("✅ Approve")
+        user.wait_for_edit(question["message_id"], "Paired!")
         output = process.communicate(timeout=60)[0]
     finally:
         if process.poll() is None:

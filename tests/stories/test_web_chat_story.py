@@ -60,6 +60,8 @@ def test_it_pairs_a_machine_by_opening_the_printed_link(running_bot, page, tmp_p
         page.goto(link)
         page.fill("#name-input", "Ann")
         page.click("#start-chat")
+        question = page.locator(".message.bot", has_text="Pair a machine with this chat?")
+        question.locator(".inline-button", has_text="Approve").click()
         page.locator(".message.bot", has_text="Paired!").wait_for()
         output = setup.communicate(timeout=60)[0]
     finally:
