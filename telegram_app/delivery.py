@@ -384,7 +384,7 @@ class OutboxSender:
         try:
             message_id = item.message.sent_message_id
             if message_id is None and item.rendered.text:
-                message_id = await self._send_text(chat_id, item.rendered, item.edit_target)
+                message_id = await self._send_outcome(chat_id, item)
                 if item.rendered.files:
                     await database_sync_to_async(_record_text_part)(item, message_id)
             for part in item.rendered.files[item.message.files_sent:]:
@@ -452,6 +452,19 @@ class OutboxSender:
             sent = await self.bot.send_message(chat_id, _plain(text), reply_markup=markup,
                                                disable_web_page_preview=True)
         return sent.message_id
+
+    async def _send_outcome(self, chat_id: int, item: Item) -> int:
+        """The row's text: an edit of its message, or — for a result worth a notification — a new
+        message, with the old one edited to a short pointer."""
+        rendered, target = item.rendered, item.edit_target
+        if target is None or not rendered.replace_with:
+            return await self._send_text(chat_id, rendered, target)
+        await self.pacer.acquire(chat_id)
+        try:
+            await self._edit(chat_id, target, rendered.replace_with, rendered.parse_mode or None, None)
+        except BadRequest as exc:
+            logger.info("could not shorten message %s in chat %s: %s", target, chat_id, exc.message)
+        return await self._send_text(chat_id, rendered, None)
 
     async def _edit(self, chat_id: int, message_id: int, text: str, parse_mode: str | None, markup) -> None:
         try:

@@ -34,6 +34,9 @@ class Rendered:
     files: list[FilePart] = field(default_factory=list)
     parse_mode: str = "HTML"
     mergeable: bool = False  # plain notices a burst may merge into one message
+    # For results worth a notification (an edit makes no sound): the message shown so far is
+    # edited to this short line, and ``text`` goes out as a new message.
+    replace_with: str = ""
 
 
 Renderer = Callable[[OutboxMessage], Rendered]

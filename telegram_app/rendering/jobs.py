@@ -34,6 +34,8 @@ MODEL_NAMES = {
     "xgboost": "XGBoost",
 }
 TARGET_BUTTONS = 40
+# Jobs a user waits for: their outcome arrives as a new message, which notifies the phone.
+LONG_ACTIONS = {Job.Action.TRAIN, Job.Action.PREDICT}
 RETRY_HINTS = {
     "describe": "Send another path, or /cancel.",
     "predict": "Send /predict to try again.",
@@ -46,9 +48,11 @@ def render_job(message: OutboxMessage) -> Rendered:
     job = Job.objects.select_related("worker").filter(pk=message.payload.get("job_id")).first()
     if job is None:
         return Rendered(text="This job no longer exists.")
-    if job.state == Job.State.SUCCEEDED:
-        return SUCCESS[job.action](job)
-    return render_unfinished(job)
+    rendered = SUCCESS[job.action](job) if job.state == Job.State.SUCCEEDED else render_unfinished(job)
+    if job.is_finished and job.action in LONG_ACTIONS:
+        emoji, title = _title(job)
+        rendered.replace_with = f"{emoji} {bold(title)} — {job.state}, see below."
+    return rendered
 
 
 def _title(job: Job) -> tuple[str, str]:

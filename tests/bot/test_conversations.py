@@ -70,7 +70,9 @@ def test_it_trains_through_every_step(running_bot, user, worker):
     user.wait_for_edit(task["message_id"], "Ready to train")
     user.tap("🚀 Start training")
     progress = user.wait_for_message(predicate=lambda m: "Training LightGBM" in (m.get("text") or ""))
-    done = user.wait_for_edit(progress["message_id"], "Model trained", timeout=15)
+    done = user.wait_for_message("Model trained", timeout=15)  # a new message: it notifies the phone
+    assert user.wait_for_edit(progress["message_id"], "see below")["text"] == (
+        "🏋️ Training LightGBM — succeeded, see below.")
     assert "R²: 0.91" in done["text"] and "lightgbm_price_20261123_070000" in done["text"]
     assert labels(done) == ["🔮 Predict with this model"]
     photo = user.wait_for_message(predicate=lambda m: bool(m.get("photo")))
@@ -159,7 +161,8 @@ def test_it_lists_jobs_and_cancels_a_running_one(running_bot, user, worker):
     jobs = user.wait_for_message("Recent jobs")
     assert "Training · running 50%" in jobs["text"]
     user.tap(labels(jobs)[0])
-    user.wait_for_edit(progress["message_id"], "Training LightGBM cancelled")
+    user.wait_for_message("Training LightGBM cancelled")
+    user.wait_for_edit(progress["message_id"], "cancelled, see below")
     job = running_bot.call(lambda: Job.objects.filter(action="train").get())
     assert job.state == Job.State.CANCELLED and str(job.id) in worker.cancelled
 

@@ -50,7 +50,9 @@ def train_through_the_chat(user, path: str, target: str, task_button: str) -> di
     user.wait_for_edit(task["message_id"], "Ready to train")
     user.tap("🚀 Start training")
     progress = user.wait_for_message(predicate=lambda m: "Training LightGBM" in text_of(m), timeout=30)
-    return user.wait_for_edit(progress["message_id"], "Model trained", timeout=120)
+    done = user.wait_for_message("Model trained", timeout=120)
+    user.wait_for_edit(progress["message_id"], "succeeded, see below")
+    return done
 
 
 def test_it_trains_on_a_local_csv_and_predicts_with_the_model(running_bot, user, home, connected_worker):
