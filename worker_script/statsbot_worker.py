@@ -3160,7 +3160,7 @@ class WorkerClient:
                 retry = int(m.group(0)) if m else None
             try:
                 return max(1.0, min(3600.0, float(retry))) if retry is not None else None
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return None
         return None
 

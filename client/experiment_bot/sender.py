@@ -363,7 +363,9 @@ class Sender:
             envelope.body["text"] = f"{envelope.body['text']}\n{note}"
         self.dropped += 1
         self._unreported_drops += 1
-        self._errors.append(f"attachment {name} dropped: {self.file_budget / 2**20:g} MB of attachments queued")
+        self._errors.append(
+            f"attachment {name} dropped: {self.file_budget / 2**20:g} MB of attachments queued"
+        )
         if not self._file_episode:
             self._file_episode = True
             log.warning(

@@ -76,7 +76,9 @@ def _no_redirect_opener() -> Any:
         import urllib.request
 
         class RefuseRedirects(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+            def redirect_request(
+                self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+            ) -> None:
                 return None
 
         _opener = urllib.request.build_opener(RefuseRedirects())

@@ -192,7 +192,9 @@ def test_it_rejects_non_finite_seconds_from_the_config_file(isolated, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="experiment_bot"):
         settings = config.resolve(environ={})
-    assert (settings.heartbeat_interval, settings.update_interval, settings.flush_timeout) == (60.0, 10.0, 5.0)
+    assert settings.heartbeat_interval == 60.0
+    assert settings.update_interval == 10.0
+    assert settings.flush_timeout == 5.0
     messages = " ".join(r.getMessage() for r in caplog.records)
     for name in ("heartbeat_interval", "update_interval", "flush_timeout"):
         assert f"settings.{name}" in messages

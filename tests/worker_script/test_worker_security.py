@@ -576,6 +576,16 @@ def test_it_reads_any_heartbeat_interval_without_failing(sw, value, seconds):
     assert sw.heartbeat_interval({"heartbeat_interval": value}) == seconds
 
 
+def test_it_reads_a_malformed_retry_after_as_no_retry_after(sw, settings):
+    client = sw.WorkerClient(
+        settings, sw.ConfigStore(settings.paths.config), sw.Console(stream=io.StringIO()), versions={}
+    )
+    for retry in (10**400, "soon", [5], {"s": 1}):
+        client._auth_failure = {"retry_after": retry}
+        assert client._decide_close(4029, "") is None
+    client.executor.shutdown()
+
+
 async def test_it_keeps_the_connection_with_a_non_numeric_heartbeat_interval(make_client, fake_server):
     fake_server.heartbeat_interval = "every now and then"
     client = make_client()
