@@ -18,25 +18,6 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def make_client(sw, settings, fake_server):
-    clients = []
-
-    def make(token="good-token", credential=None, **kwargs):
-        settings.server = fake_server.url
-        settings.token = token
-        settings.credential = credential
-        store = sw.ConfigStore(settings.paths.config)
-        console = sw.Console(stream=io.StringIO())
-        client = sw.WorkerClient(settings, store, console, backoff=sw.Backoff(base=0.05, cap=0.2), **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.executor.shutdown(wait=True, cancel_futures=True)
-
-
 async def _start(client):
     return asyncio.create_task(client.run())
 
