@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from workers.script import load_script
 
 
-@require_GET
+@require_safe
 def worker_script(request: HttpRequest) -> HttpResponse:
     script = load_script()
     response = HttpResponse(script.source, content_type="text/x-python; charset=utf-8")

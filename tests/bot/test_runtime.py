@@ -112,8 +112,8 @@ def test_it_queues_a_step_when_the_worker_drops_mid_conversation(running_bot, us
 def test_it_runs_from_the_command_line_and_stops_cleanly_on_sigterm(tmp_path):
     port, sandbox_port = free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PYTHONUNBUFFERED": "1"}
-    env.pop("REDIS_URL", None)
-    env.pop("TELEGRAM_BOT_TOKEN", None)
+    for name in ("REDIS_URL", "TELEGRAM_BOT_TOKEN", "PUBLIC_URL"):
+        env.pop(name, None)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runbot", "--port", str(port), "--sandbox-port", str(sandbox_port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -130,6 +130,8 @@ def test_it_runs_from_the_command_line_and_stops_cleanly_on_sigterm(tmp_path):
             user = driver.user(9_000_003, first_name="Cli")
             user.send("/start")
             user.wait_for_message("Welcome to StatsBot, Cli!", timeout=20)
+            user.tap("🔌 Connect Local Worker")  # with PUBLIC_URL unset, commands point where runbot serves
+            assert f"curl -sL http://127.0.0.1:{port}/worker | python3 -" in user.wait_for_message("Run this")["text"]
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
     finally:

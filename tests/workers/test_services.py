@@ -53,6 +53,7 @@ def test_it_serves_the_worker_script_with_the_server_filled_in(client, settings)
     assert "wss://bot.example.com/ws/worker/" in body and "__STATSBOT_SERVER_URL__" not in body
     compile(body, "statsbot_worker.py", "exec")
     assert client.post("/worker").status_code == 405
+    assert client.head("/worker")["X-StatsBot-Worker-Version"] == response["X-StatsBot-Worker-Version"]
 
 
 def test_it_prints_a_connect_command_for_an_operator(account, capsys):

@@ -39,6 +39,9 @@ class Command(BaseCommand):
             raise CommandError("--webhook needs TELEGRAM_WEBHOOK_SECRET (and an https PUBLIC_URL).")
         if migrate:
             call_command("migrate", interactive=False, verbosity=0)
+        if options["web"] and "PUBLIC_URL" not in os.environ:
+            # Unset means "where this process serves": connect commands and /worker must point here.
+            settings.PUBLIC_URL = f"http://{options['host']}:{options['port']}"
         run = RunOptions(
             host=options["host"],
             port=options["port"],
