@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connections
 
 from telegram_app.runtime import BotRuntime, RunOptions
 from telegram_app.sandbox import SandboxDriver
@@ -53,6 +54,8 @@ class RunningBot:
             self._ready.set()
             await self.runtime.stop_event.wait()
             await self.runtime.stop()
+            # The runtime's ORM thread keeps its connection; close it so the test database can be dropped.
+            await database_sync_to_async(connections.close_all)()
 
         asyncio.run(run())
 
