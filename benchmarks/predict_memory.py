@@ -17,7 +17,6 @@ whose only child is the measured job, so every figure belongs to exactly one run
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,15 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "worker_script" / "statsbot_worker.py"
-
-
-def load_worker():
-    spec = importlib.util.spec_from_file_location("statsbot_worker_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from _worker import load_worker  # benchmarks/_worker.py: run these as scripts
 
 
 def generate_csv(path: Path, size_mb: float, seed: int = 0) -> int:

@@ -11,22 +11,12 @@ time of each and the forest/LightGBM ratio.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "worker_script" / "statsbot_worker.py"
-
-
-def load_worker():
-    spec = importlib.util.spec_from_file_location("statsbot_worker_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from _worker import load_worker  # benchmarks/_worker.py: run these as scripts
 
 
 def generate(path: Path, rows: int, features: int, seed: int = 0) -> None:

@@ -15,6 +15,14 @@ def labels(message) -> list[str]:
     return [button["text"] for row in markup.get("inline_keyboard", []) for button in row]
 
 
+def open_path_step(user) -> None:
+    """/train → Local Path, until the bot asks for the path."""
+    user.send("/train")
+    user.wait_for_message("Where is the data?")
+    user.tap(labels(user.last_bot_message())[0])
+    user.wait_for_edit(user.last_bot_message()["message_id"], "Send the path")
+
+
 @pytest.fixture
 def account(running_bot, user):
     user.send("/start")
@@ -84,18 +92,14 @@ def test_it_trains_through_every_step(running_bot, user, worker):
 
 
 def test_it_takes_a_path_that_starts_like_a_command(running_bot, user, worker):
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("/data.csv")
     user.wait_for_message("Which column")
     assert worker.jobs[-1]["params"] == {"file_path": "/data.csv"}
 
 
 def test_it_lets_the_user_try_another_path_after_a_refusal(running_bot, user, worker):
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("~/missing.csv")
     refusal = user.wait_for_message(predicate=lambda m: "failed" in (m.get("text") or ""))
     assert "No file at ~/missing.csv." in refusal["text"] and "Send another path" in refusal["text"]
@@ -106,9 +110,7 @@ def test_it_lets_the_user_try_another_path_after_a_refusal(running_bot, user, wo
 
 
 def test_it_cancels_a_conversation(running_bot, user, worker):
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("/cancel")
     user.wait_for_message("Cancelled")
     user.send("~/data/sales.csv")  # no longer a path step: nothing is submitted
@@ -142,9 +144,7 @@ def test_it_deletes_a_model_after_confirmation(running_bot, user, worker):
 
 def test_it_lists_jobs_and_cancels_a_running_one(running_bot, user, worker):
     worker.hold.set()
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     worker.hold.clear()
     user.send("~/data/sales.csv")
     user.wait_for_message("Which column")
@@ -186,9 +186,7 @@ def test_it_disconnects_the_worker_on_request(running_bot, user, worker):
 
 
 def test_it_answers_commands_typed_while_waiting_for_a_path(running_bot, user, worker):
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("/status")
     user.wait_for_message("Running processes")
     user.send("~/data/sales.csv")  # still the path step
@@ -199,9 +197,7 @@ def test_it_answers_commands_typed_while_waiting_for_a_path(running_bot, user, w
 def test_it_keeps_one_flow_at_a_time(running_bot, user, worker):
     user.send("/predict")
     picker = user.wait_for_message("Which model?")
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("~/data/sales.csv")
     user.wait_for_message("Which column")
     user.tap(labels(picker)[0], message=picker)  # back to the earlier /predict: it takes over
@@ -212,9 +208,7 @@ def test_it_keeps_one_flow_at_a_time(running_bot, user, worker):
 
 
 def test_it_answers_a_button_that_is_out_of_date(running_bot, user, worker):
-    user.send("/train")
-    user.wait_for_message("Where is the data?")
-    user.tap(labels(user.last_bot_message())[0])
+    open_path_step(user)
     user.send("~/data/sales.csv")
     columns = user.wait_for_message("Which column")
     user.send("/cancel")
