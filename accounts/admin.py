@@ -2,7 +2,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import Account, ApiKey, InvalidTransition, PairingRequest
+from accounts.models import Account, ApiKey, PairingRequest
+from core.admin import adopt_saved
+from core.state_machine import InvalidTransition
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -25,25 +27,7 @@ class AccountAdmin(admin.ModelAdmin):
     search_fields = ("telegram_user_id", "username", "first_name", "last_name")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
-    actions = ["issue_connect_token"]
-
-    @admin.action(description="Issue a worker connect token (shows the command once)")
-    def issue_connect_token(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
-        from workers.services import issue_connect_command
-
-        for account in queryset:
-            command = issue_connect_command(account)
-            self.message_user(
-                request,
-                f"{account}: valid 5 minutes, single use — Mac/Linux: {command.unix}  ·  Windows: {command.windows}",
-                messages.SUCCESS,
-            )
-
-
-def adopt_saved(obj: object, saved: object) -> None:
-    """Make the admin's unsaved ``obj`` stand for the row a service created (for its log and redirect)."""
-    obj.__dict__.update({k: v for k, v in saved.__dict__.items() if k != "_state"})
-    obj._state = saved._state
+    actions: list[str] = []  # workers.admin adds "Issue a worker connect token"
 
 
 @admin.register(ApiKey)

@@ -12,8 +12,8 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.secrets import hash_secret, new_secret, short_code
-from accounts.state_machine import InvalidTransition, StateMachineModel
+from core.secrets import hash_secret, new_secret, short_code
+from core.state_machine import InvalidTransition, StateMachineModel
 
 
 class Account(models.Model):

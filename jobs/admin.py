@@ -1,9 +1,13 @@
+from collections.abc import Callable
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import InvalidTransition
+from core.admin import adopt_saved
+from core.state_machine import InvalidTransition
 from jobs.models import Job
+from jobs.services import cancel_job, requeue_job, submit_job
 
 
 @admin.register(Job)
@@ -14,8 +18,7 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ("account", "worker")
     date_hierarchy = "created_at"
     fields = ("id", "account", "worker", "action", "params", "state", "progress", "stage", "message", "result",
-              "error", "error_code", "created_at", "dispatched_at", "started_at", "finished_at", "updated_at",
-              "progress_message_id")
+              "error", "error_code", "created_at", "dispatched_at", "started_at", "finished_at", "updated_at")
     readonly_fields = fields
     actions = ["cancel_jobs", "requeue_jobs"]
 
@@ -27,10 +30,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Job, form: object, change: bool) -> None:
         """Adding a job submits it to the account's worker, exactly as the chat would."""
-        from accounts.admin import adopt_saved
-        from jobs.services import submit_job
-
-        adopt_saved(obj, submit_job(obj.account, obj.action, obj.params, context="operator"))
+        adopt_saved(obj, submit_job(obj.account, obj.action, obj.params, context=Job.Context.OPERATOR))
 
     @admin.display(description="Job")
     def short_id(self, job: Job) -> str:
@@ -38,20 +38,16 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        from jobs.services import cancel_job
-
         done = sum(1 for job in queryset if _quietly(cancel_job, job))
         self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)
 
     @admin.action(description="Requeue selected jobs")
     def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        from jobs.services import requeue_job
-
         done = sum(1 for job in queryset if _quietly(requeue_job, job))
         self.message_user(request, f"Requeued {done} job(s).", messages.SUCCESS)
 
 
-def _quietly(action, job: Job) -> bool:
+def _quietly(action: Callable[[Job], None], job: Job) -> bool:
     try:
         action(job)
         return True

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import models
 from django.utils import timezone
 
 from accounts.models import Account
-from accounts.state_machine import InvalidTransition, StateMachineModel
-from workers.models import Worker
+from core.outbox import job_edit_key
+from core.state_machine import InvalidTransition, StateMachineModel
 
 
-class JobQuerySet(models.QuerySet):
+class WorkerRef(Protocol):
+    """A ``workers.Worker``, as jobs see it without importing workers (which import jobs)."""
+
+    @property
+    def pk(self) -> Any: ...
+
+    @property
+    def account_id(self) -> int: ...
+
+
+class JobQuerySet(models.QuerySet["Job"]):
     def unfinished(self) -> JobQuerySet:
         return self.filter(state__in=Job.UNFINISHED)
-
-    def awaiting_worker(self) -> JobQuerySet:
-        return self.filter(state__in=[Job.State.QUEUED, Job.State.DISPATCHED])
 
 
 class Job(StateMachineModel):
@@ -38,6 +45,18 @@ class Job(StateMachineModel):
         FAILED = "failed"
         CANCELLED = "cancelled"
         LOST = "lost"  # the worker went away mid-job and did not come back in time
+
+    class Context(models.TextChoices):
+        """Where a job was asked for, which decides how the bot presents its result."""
+
+        NONE = "", "Unspecified"
+        DESCRIBE = "describe"  # /train's path step: the columns become target buttons
+        TRAIN = "train"
+        PREDICT = "predict"  # /predict: a model list becomes buttons to pick one
+        MODELS = "models"  # /models: a model list with delete buttons
+        OPERATOR = "operator"  # submitted from the admin
+
+    CONTEXT_PARAM = "_context"  # the key of ``params`` that holds the Context (never sent to the worker)
 
     TRANSITIONS: dict[str, set[str]] = {
         State.QUEUED: {State.DISPATCHED, State.CANCELLED, State.FAILED},
@@ -61,7 +80,9 @@ class Job(StateMachineModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="jobs")
-    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # By name only: workers import jobs, never the other way round.
+    worker = models.ForeignKey("workers.Worker", null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="jobs")
     action = models.CharField(max_length=16, choices=Action.choices)
     params = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
@@ -76,9 +97,6 @@ class Job(StateMachineModel):
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    progress_message_id = models.BigIntegerField(
-        null=True, blank=True, help_text="The Telegram message edited in place with this job's progress."
-    )
 
     objects = JobQuerySet.as_manager()
 
@@ -96,13 +114,23 @@ class Job(StateMachineModel):
     @property
     def edit_key(self) -> str:
         """Outbox rows with this key edit the one Telegram message that shows this job."""
-        return f"job:{self.id}"
+        return job_edit_key(self.id)
+
+    @property
+    def context(self) -> str:
+        """Where the job was asked for (a ``Job.Context`` value; "" when unknown)."""
+        value = self.params.get(self.CONTEXT_PARAM) if isinstance(self.params, dict) else None
+        return value if isinstance(value, str) else ""
+
+    def worker_params(self) -> dict[str, Any]:
+        """``params`` as the worker sees them: without the server's own keys (``_…``)."""
+        return {k: v for k, v in self.params.items() if not k.startswith("_")}
 
     def _move(self, new_state: str, **fields: Any) -> None:
         super()._move(new_state, updated_at=timezone.now(), **fields)
 
-    def mark_dispatched(self, worker: Worker) -> None:
-        self._move(self.State.DISPATCHED, worker=worker, dispatched_at=timezone.now())
+    def mark_dispatched(self, worker: WorkerRef) -> None:
+        self._move(self.State.DISPATCHED, worker_id=worker.pk, dispatched_at=timezone.now())
 
     def mark_running(self) -> None:
         self._move(self.State.RUNNING, started_at=self.started_at or timezone.now())
@@ -135,7 +163,7 @@ class Job(StateMachineModel):
         """Back to the queue: after a reconnect that did not report it, or by an operator."""
         self._move(
             self.State.QUEUED,
-            worker=None,
+            worker_id=None,
             dispatched_at=None,
             started_at=None,
             finished_at=None,

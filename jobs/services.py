@@ -7,7 +7,6 @@ job's edit key, so the bot edits one message in place from "queued" to the resul
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import timedelta
@@ -18,12 +17,13 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Account, InvalidTransition
-from jobs.models import Job
-from notifications.models import OutboxMessage
-from notifications.outbox import enqueue
-from statsbot_site.layer import ring
-from workers.models import Worker, worker_group
+from accounts.models import Account
+from core import events
+from core.layer import ring, worker_group
+from core.models import OutboxMessage
+from core.outbox import enqueue
+from core.state_machine import InvalidTransition
+from jobs.models import Job, WorkerRef
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +45,32 @@ def _announce(job: Job) -> None:
         chat_id=job.account.chat_id, edit_key=job.edit_key, state=OutboxMessage.State.PENDING
     )
     if not waiting.update(payload=payload):
-        enqueue(job.account, kind="job", payload=payload, edit_key=job.edit_key)
+        enqueue(job.account, kind=OutboxMessage.Kind.JOB, payload=payload, edit_key=job.edit_key)
 
 
-def submit_job(account: Account, action: str, params: dict[str, Any] | None = None, *, context: str = "") -> Job:
-    """Queue a job for the account's worker and wake it. ``context`` tells the bot how to present results."""
+def submit_job(
+    account: Account, action: str, params: dict[str, Any] | None = None, *, context: str = Job.Context.NONE
+) -> Job:
+    """Queue a job for the account's worker and wake it. ``context`` (a ``Job.Context``) tells the
+    bot how to present results."""
     if action not in Job.Action.values:
         raise JobError(f"unknown action {action!r}")
     with transaction.atomic():
-        job = Job.objects.create(account=account, action=action, params={**(params or {}), "_context": context})
+        job = Job.objects.create(
+            account=account, action=action, params={**(params or {}), Job.CONTEXT_PARAM: str(context)}
+        )
         _announce(job)
-        ring(worker_group(account.pk), {"type": "jobs.dispatch"})
+        ring(worker_group(account.pk), events.jobs_dispatch())
     logger.info("job %s (%s) queued for account %s", job.id, action, account.pk)
     return job
 
 
 def job_frame(job: Job) -> dict[str, Any]:
     """The ``job`` message of the worker protocol."""
-    params = {k: v for k, v in job.params.items() if not k.startswith("_")}
-    return {"type": "job", "job_id": str(job.id), "action": job.action, "params": params}
+    return {"type": "job", "job_id": str(job.id), "action": job.action, "params": job.worker_params()}
 
 
-def claim_for_dispatch(worker: Worker) -> list[dict[str, Any]]:
+def claim_for_dispatch(worker: WorkerRef) -> list[dict[str, Any]]:
     """Mark the account's queued jobs dispatched to ``worker``; returns the frames to send it."""
     frames = []
     with transaction.atomic():
@@ -77,14 +81,14 @@ def claim_for_dispatch(worker: Worker) -> list[dict[str, Any]]:
     return frames
 
 
-def reconcile_after_reconnect(worker: Worker, running_job_ids: list[str]) -> list[dict[str, Any]]:
+def reconcile_after_reconnect(worker: WorkerRef, running_job_ids: list[str]) -> list[dict[str, Any]]:
     """After (re)connecting: keep the jobs the worker still runs, and send again those it does not know.
 
     A job the worker has finished but whose result was not acknowledged is sent again too; the
     worker answers a duplicate with its stored result.
     """
     running = set(running_job_ids)
-    open_jobs = Job.objects.filter(worker=worker, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
+    open_jobs = Job.objects.filter(worker_id=worker.pk, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
     frames = [job_frame(job) for job in open_jobs if str(job.id) not in running]
     # Cancelled while the worker was away: the ring reached nobody, so say it now.
     cancelled = Job.objects.filter(account_id=worker.account_id, state=Job.State.CANCELLED,
@@ -101,7 +105,7 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def job_for_worker(worker: Worker, job_id: str) -> Job | None:
+def job_for_worker(worker: WorkerRef, job_id: str) -> Job | None:
     """The account's job with that id, or None (another account's job is refused like an unknown one)."""
     try:
         return Job.objects.select_related("account").get(pk=job_id, account_id=worker.account_id)
@@ -144,14 +148,14 @@ def cancel_job(job: Job) -> None:
         job.cancel()
         _announce(job)
         if was_out:
-            ring(worker_group(job.account_id), {"type": "jobs.cancel", "job_id": str(job.id)})
+            ring(worker_group(job.account_id), events.jobs_cancel(str(job.id)))
 
 
 def requeue_job(job: Job) -> None:
     with transaction.atomic():
         job.requeue()
         _announce(job)
-        ring(worker_group(job.account_id), {"type": "jobs.dispatch"})
+        ring(worker_group(job.account_id), events.jobs_dispatch())
 
 
 def mark_lost_jobs(grace: float | None = None) -> int:
@@ -173,6 +177,3 @@ def mark_lost_jobs(grace: float | None = None) -> int:
             continue  # finished meanwhile
     return count
 
-
-def result_size(data: Any) -> int:
-    return len(json.dumps(data, separators=(",", ":"), default=str).encode())

@@ -1,71 +1,7 @@
-from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib import admin
 from django.http import HttpRequest
 
-from accounts.models import InvalidTransition
-from notifications.models import Attachment, IdempotencyRecord, OutboxMessage, RateCounter, TrackedProcess
-
-
-class AttachmentInline(admin.TabularInline):
-    model = Attachment
-    extra = 0
-    fields = ("kind", "filename", "content_type", "caption")
-    readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-@admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "state", "account", "chat_id", "edit_key", "attempts", "created_at", "sent_at")
-    list_filter = ("state", "kind", "created_at")
-    search_fields = ("account__username", "account__telegram_user_id", "chat_id", "text", "edit_key")
-    list_select_related = ("account",)
-    fields = ("account", "chat_id", "kind", "payload", "text", "parse_mode", "buttons", "edit_key", "state",
-              "attempts", "next_attempt_at", "claimed_at", "claimed_by", "sent_at", "sent_message_id", "error",
-              "created_at")
-    readonly_fields = fields
-    inlines = [AttachmentInline]
-    actions = ["retry_messages"]
-
-    def get_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
-        return ("account", "text") if obj is None else self.fields
-
-    def get_readonly_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
-        return () if obj is None else self.readonly_fields
-
-    def get_form(self, request: HttpRequest, obj: OutboxMessage | None = None, **kwargs: object) -> type:
-        form = super().get_form(request, obj, **kwargs)
-        if obj is None:
-            form.base_fields["text"].required = True
-        return form
-
-    def get_inlines(self, request: HttpRequest, obj: OutboxMessage | None) -> list:
-        return [] if obj is None else self.inlines
-
-    def save_model(self, request: HttpRequest, obj: OutboxMessage, form: object, change: bool) -> None:
-        """Adding a message sends plain text to the user's chat through the outbox."""
-        from accounts.admin import adopt_saved
-        from notifications.outbox import enqueue
-
-        adopt_saved(obj, enqueue(obj.account, text=obj.text, parse_mode=""))
-
-    @admin.action(description="Retry selected failed messages")
-    def retry_messages(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
-        from statsbot_site.layer import OUTBOX_GROUP, ring
-
-        done = 0
-        for message in queryset:
-            try:
-                message.requeue()
-                done += 1
-            except InvalidTransition:
-                pass
-        if done:
-            ring(OUTBOX_GROUP, {"type": "outbox.wake"})
-        self.message_user(request, f"Requeued {done} message(s).", messages.SUCCESS)
+from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
 
 
 @admin.register(TrackedProcess)

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
+from core.site import public_url
+
 CLIENT_DIR = Path(settings.BASE_DIR) / "client"
 SKIP_PARTS = {"__pycache__", "build", "dist"}
 ARCHIVE_ROOT = "experiment-bot"
@@ -45,7 +47,7 @@ def client_archive() -> bytes:
 
 
 def client_install_url() -> str:
-    return f"{settings.PUBLIC_URL}/client/experiment-bot.zip"
+    return f"{public_url()}/client/experiment-bot.zip"
 
 
 @require_GET

@@ -1,4 +1,4 @@
-"""The outbox of Telegram messages, tracked processes, and the notify API's bookkeeping."""
+"""Tracked processes, and the notify API's bookkeeping (idempotency answers, rate counters)."""
 
 from __future__ import annotations
 
@@ -10,129 +10,12 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.models import Account, ApiKey
-from accounts.state_machine import InvalidTransition, StateMachineModel
+from core.outbox import process_edit_key
+from core.state_machine import InvalidTransition, StateMachineModel
 
 MAX_METRIC_NAMES = 100
 PROCESS_TAG_EMOJI = ["🟦", "🟩", "🟨", "🟧", "🟥", "🟪", "🟫", "⬛", "🔷", "🔶", "🟢", "🟣"]
 MAX_METRIC_POINTS = 500
-
-
-class OutboxMessageQuerySet(models.QuerySet):
-    def due(self) -> OutboxMessageQuerySet:
-        return self.filter(state=OutboxMessage.State.PENDING, next_attempt_at__lte=timezone.now())
-
-
-class OutboxMessage(StateMachineModel):
-    """One message (or edit) to deliver to a chat. Domain code writes rows; the bot's sender delivers.
-
-    ``kind`` names how the bot renders it: ``text`` uses ``text``/``parse_mode``/``buttons`` as
-    given; other kinds (``job``, ``worker_connected``, ``process_progress``…) are rendered by the
-    bot from ``payload``. Rows sharing an ``edit_key`` edit one Telegram message, and only the
-    newest pending one of them is delivered.
-    """
-
-    class State(models.TextChoices):
-        PENDING = "pending"
-        SENDING = "sending"  # claimed by a sender
-        SENT = "sent"
-        SUPERSEDED = "superseded"  # a newer row with the same edit key, or merged into a burst
-        FAILED = "failed"  # permanent failure, or retries exhausted
-
-    TRANSITIONS: dict[str, set[str]] = {
-        State.PENDING: {State.SENDING, State.SUPERSEDED, State.FAILED},
-        State.SENDING: {State.SENT, State.PENDING, State.FAILED, State.SUPERSEDED},
-        State.SENT: set(),
-        State.SUPERSEDED: set(),
-        State.FAILED: {State.PENDING},
-    }
-    MAX_ATTEMPTS = 8
-
-    class ParseMode(models.TextChoices):
-        NONE = "", "Plain text"
-        HTML = "HTML"
-        MARKDOWN_V2 = "MarkdownV2"
-
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="outbox")
-    chat_id = models.BigIntegerField()
-    kind = models.CharField(max_length=32, default="text")
-    payload = models.JSONField(default=dict, blank=True)
-    text = models.TextField(blank=True)
-    parse_mode = models.CharField(max_length=16, choices=ParseMode.choices, blank=True, default="HTML")
-    buttons = models.JSONField(default=list, blank=True, help_text="Rows of {text, callback_data | url}.")
-    edit_key = models.CharField(max_length=80, blank=True, db_index=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-    claimed_by = models.CharField(max_length=64, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    sent_message_id = models.BigIntegerField(null=True, blank=True)
-    files_sent = models.PositiveSmallIntegerField(default=0, help_text="Files already delivered (a retry skips them).")
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    objects = OutboxMessageQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["id"]
-        indexes = [
-            models.Index(fields=["state", "next_attempt_at"]),
-            models.Index(fields=["chat_id", "edit_key", "state"]),
-        ]
-
-    def __str__(self) -> str:
-        return f"#{self.pk} {self.kind} to {self.chat_id} ({self.state})"
-
-    def mark_sent(self, message_id: int | None) -> None:
-        self._move(self.State.SENT, sent_at=timezone.now(), sent_message_id=message_id, error="")
-
-    def retry_later(self, error: str, delay: timedelta) -> None:
-        """A transient failure: back to pending, or failed for good once attempts run out."""
-        if self.attempts >= self.MAX_ATTEMPTS:
-            self.fail(f"gave up after {self.attempts} attempts: {error}")
-            return
-        self._move(
-            self.State.PENDING,
-            next_attempt_at=timezone.now() + delay,
-            error=error[:2000],
-            claimed_at=None,
-            claimed_by="",
-        )
-
-    def release(self) -> None:
-        """Give a claimed row back untouched (the sender is stopping)."""
-        self._move(self.State.PENDING, claimed_at=None, claimed_by="", attempts=max(0, self.attempts - 1))
-
-    def fail(self, error: str) -> None:
-        self._move(self.State.FAILED, error=error[:2000])
-
-    def supersede(self, reason: str = "") -> None:
-        self._move(self.State.SUPERSEDED, error=reason[:2000])
-
-    def requeue(self) -> None:
-        """An operator's retry of a failed message."""
-        self._move(self.State.PENDING, attempts=0, next_attempt_at=timezone.now(), error="")
-
-
-class Attachment(models.Model):
-    """A file to send with an outbox message: uploaded logs and plots, long texts as documents.
-
-    Kept in the database so any sender process can deliver it; size-limited by the API.
-    """
-
-    class Kind(models.TextChoices):
-        PHOTO = "photo"
-        DOCUMENT = "document"
-
-    message = models.ForeignKey(OutboxMessage, on_delete=models.CASCADE, related_name="files")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    filename = models.CharField(max_length=255)
-    content_type = models.CharField(max_length=100, blank=True)
-    data = models.BinaryField()
-    caption = models.CharField(max_length=1024, blank=True)
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.filename}"
 
 
 class TrackedProcessQuerySet(models.QuerySet):
@@ -201,7 +84,8 @@ class TrackedProcess(StateMachineModel):
 
     @property
     def progress_edit_key(self) -> str:
-        return f"proc:{self.uuid}"
+        """Outbox rows with this key edit the one message showing this process's progress."""
+        return process_edit_key(self.uuid)
 
     def is_overdue(self, grace: timedelta, now: Any = None) -> bool:
         now = now or timezone.now()

@@ -1,13 +1,13 @@
 """Experiment notifications: what the notify API and the bot's periodic sweeps do.
 
 Plain synchronous ORM code. Every change the user should see becomes an outbox row through
-``notifications.outbox.enqueue``; the bot renders it (``telegram_app.rendering.notify``)
+``core.outbox.enqueue``; the bot renders it (``telegram_app.rendering.notify``)
 from the row's payload and the process as it is in the database at sending time.
 
 Outbox rows written here:
 
-* kind ``notify``: ``{"text", "level", "format", "metadata", "process_uuid"}`` (+ one file);
-* kind ``process``: ``{"uuid", "event"}`` with ``event`` one of ``started``, ``progress``,
+* kind ``OutboxMessage.Kind.NOTIFY``: ``{"text", "level", "format", "metadata", "process_uuid"}`` (+ one file);
+* kind ``OutboxMessage.Kind.PROCESS``: ``{"uuid", "event"}`` with ``event`` one of ``started``, ``progress``,
   ``finished``, ``stalled`` (+ ``silent_s``, ``interval_s``) and ``recovered`` (+ ``silent_s``).
   ``progress`` rows carry ``edit_key=process.progress_edit_key``: they edit one message.
 """
@@ -18,16 +18,18 @@ import logging
 import re
 import uuid as uuid_lib
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import Account, ApiKey, InvalidTransition, PairingRequest
-from notifications.models import IdempotencyRecord, OutboxMessage, RateCounter, TrackedProcess
-from notifications.outbox import FileToSend, enqueue
+from accounts.models import Account, ApiKey
+from core.models import Attachment, OutboxMessage
+from core.outbox import FileToSend, enqueue
+from core.state_machine import InvalidTransition
+from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
+from tg_rules.images import image_type
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,6 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 PROCESS_EVENTS = ("started", "progress", "finished", "stalled", "recovered")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 
-_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 
@@ -64,16 +60,6 @@ class ProcessConflict(ServiceError):
 # ---------------------------------------------------------------------------------- files
 
 
-def sniff_image(data: bytes) -> str | None:
-    """The image content type of ``data`` by its magic bytes (PNG, JPEG, GIF, WebP), else None."""
-    for signature, content_type in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return content_type
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 def clean_filename(name: str, default: str = "file") -> str:
     """A base name without folders or control characters, at most 255 characters, extension kept."""
     base = _UNSAFE_FILENAME.sub("", name.replace("\\", "/")).rsplit("/", 1)[-1].strip().lstrip(".")
@@ -89,14 +75,15 @@ def attachment_for(filename: str, data: bytes, content_type: str = "") -> FileTo
     """An uploaded file as an outbox attachment: images (by content, not name) become photos."""
     if len(data) > MAX_FILE_BYTES:
         raise ServiceError(f"the file is {len(data)} bytes; the limit is {MAX_FILE_BYTES} bytes (10 MiB)")
-    image_type = sniff_image(data)
-    if image_type:
-        return FileToSend(kind="photo", filename=clean_filename(filename, "image"), data=data,
-                          content_type=image_type)
+    sniffed = image_type(data)
+    if sniffed:
+        return FileToSend(kind=Attachment.Kind.PHOTO, filename=clean_filename(filename, "image"), data=data,
+                          content_type=sniffed)
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if not _CONTENT_TYPE.match(declared) or declared.startswith("image/"):
         declared = "application/octet-stream"
-    return FileToSend(kind="document", filename=clean_filename(filename), data=data, content_type=declared)
+    return FileToSend(kind=Attachment.Kind.DOCUMENT, filename=clean_filename(filename), data=data,
+                      content_type=declared)
 
 
 # ---------------------------------------------------------------------------------- notify
@@ -127,7 +114,7 @@ def notify(
         "metadata": metadata or {},
         "process_uuid": str(process_uuid) if process_uuid else None,
     }
-    message = enqueue(api_key.account, kind="notify", payload=payload, files=[file] if file else [])
+    message = enqueue(api_key.account, kind=OutboxMessage.Kind.NOTIFY, payload=payload, files=[file] if file else [])
     logger.info("notify: queued message %s (%s) for account %s", message.pk, level, api_key.account_id)
     return message
 
@@ -137,7 +124,7 @@ def notify(
 
 def _process_row(process: TrackedProcess, event: str, *, edit: bool = False, **extra: Any) -> OutboxMessage:
     payload = {"uuid": str(process.uuid), "event": event, **extra}
-    return enqueue(process.account, kind="process", payload=payload,
+    return enqueue(process.account, kind=OutboxMessage.Kind.PROCESS, payload=payload,
                    edit_key=process.progress_edit_key if edit else "")
 
 
@@ -381,90 +368,6 @@ def _node(process: TrackedProcess, now: datetime) -> dict[str, Any]:
         "last_heartbeat_at": process.last_heartbeat_at,
         "children": [],
     }
-
-
-# ---------------------------------------------------------------------------------- pairing
-
-
-class PairingRefusal(StrEnum):
-    """Why ``confirm_pairing`` did not pair. Compares equal to its code (``"expired"``…);
-    ``str()`` and ``.message`` give the sentence the bot can show the user."""
-
-    UNKNOWN = "unknown"
-    EXPIRED = "expired"
-    ALREADY_USED = "already_used"
-
-    @property
-    def message(self) -> str:
-        return {
-            "unknown": "This pairing link is not valid.",
-            "expired": "This pairing link has expired (links last 10 minutes).",
-            "already_used": "This pairing link was already used by another Telegram account.",
-        }[self.value]
-
-    def __str__(self) -> str:  # what a person reads; compare with the members or their values
-        return self.message
-
-    def __format__(self, spec: str) -> str:
-        return format(self.message, spec)
-
-
-def start_pairing(*, hostname: str = "", label: str = "") -> tuple[PairingRequest, str]:
-    """A new pending pairing for ``experiment_bot.setup()``; returns it and the poll secret."""
-    pairing, poll_secret = PairingRequest.start(hostname=hostname, label=label)
-    logger.info("pairing #%s started (host %r)", pairing.pk, pairing.hostname)
-    return pairing, poll_secret
-
-
-def confirm_pairing(account: Account, code: str) -> ApiKey | PairingRefusal:
-    """The user opened ``t.me/<bot>?start=pair_<code>``: make the pairing's key the account's key.
-
-    Returns the new active ``ApiKey`` (any previous key of the account is revoked), or a
-    ``PairingRefusal``. Tapping the link again from the same account returns the same key.
-    Queues no message: the bot answers the user itself.
-    """
-    code = code.strip().removeprefix("pair_")
-    pairing = PairingRequest.objects.filter(code=code).first() if 0 < len(code) <= 16 else None
-    if pairing is None:
-        return PairingRefusal.UNKNOWN
-    if pairing.state in (PairingRequest.State.CONFIRMED, PairingRequest.State.CLAIMED):
-        return _same_pairing_key(pairing, account)
-    if pairing.is_expired:
-        return PairingRefusal.EXPIRED
-    try:
-        key = pairing.confirm(account)
-    except InvalidTransition:
-        pairing.refresh_from_db()
-        if pairing.state in (PairingRequest.State.CONFIRMED, PairingRequest.State.CLAIMED):
-            return _same_pairing_key(pairing, account)
-        return PairingRefusal.EXPIRED
-    logger.info("pairing #%s confirmed by account %s", pairing.pk, account.pk)
-    return key
-
-
-def _same_pairing_key(pairing: PairingRequest, account: Account) -> ApiKey | PairingRefusal:
-    if pairing.account_id == account.pk:
-        key = ApiKey.objects.active().filter(account=account, secret_hash=pairing.key_hash).first()
-        if key is not None:
-            return key
-    return PairingRefusal.ALREADY_USED
-
-
-def expire_pairings() -> int:
-    """Move pending and confirmed pairings past their expiry to ``expired``; returns how many."""
-    expired = 0
-    due = PairingRequest.objects.filter(
-        state__in=[PairingRequest.State.PENDING, PairingRequest.State.CONFIRMED], expires_at__lte=timezone.now()
-    )
-    for pairing in due:
-        try:
-            pairing.expire()
-        except InvalidTransition:
-            continue
-        expired += 1
-    if expired:
-        logger.info("expired %s pairing requests", expired)
-    return expired
 
 
 # ---------------------------------------------------------------------------------- bookkeeping

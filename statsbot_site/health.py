@@ -11,6 +11,8 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from core import events
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ async def _check_layer() -> None:
     if layer is None:
         raise RuntimeError("no channel layer configured")
     channel = await layer.new_channel("healthz.")
-    await layer.send(channel, {"type": "healthz.ping"})
+    await layer.send(channel, events.healthz_ping())
     message = await asyncio.wait_for(layer.receive(channel), timeout=2)
     if message.get("type") != "healthz.ping":
         raise RuntimeError("channel layer returned something else")

@@ -34,11 +34,9 @@ TELEGRAM_BOT_TOKEN = CONFIG.telegram_bot_token
 TELEGRAM_API_URL = CONFIG.telegram_api_url
 TELEGRAM_WEBHOOK_SECRET = CONFIG.telegram_webhook_secret
 TELEGRAM_USE_SANDBOX = CONFIG.use_sandbox
-# Used in t.me links (pairing); runbot fills it from getMe when the variable is not set.
+# Used in t.me links (pairing). When it is not set, the bot process publishes the username it
+# gets from getMe (and, with the sandbox, its web chat as where links open): see core.site.
 TELEGRAM_BOT_USERNAME = CONFIG.telegram_bot_username
-# Where "open the chat with /start <payload>" links point: t.me/<bot> unless runbot starts the
-# sandbox, which sets its web chat here (it opens the chat and sends the /start itself).
-TELEGRAM_DEEP_LINK_BASE = ""
 
 # Seconds: a worker that comes back within this grace sends no "disconnected" notice;
 # a job whose worker stays away this long is marked lost; a tracked process is stalled
@@ -56,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "core",
     "accounts",
     "workers",
     "jobs",

@@ -1,12 +1,12 @@
 """The outbox sender: the one place that sends bot-initiated messages to Telegram.
 
-A loop claims due rows (atomically: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, an
-IMMEDIATE transaction on SQLite), whole chats at a time so order within a chat is kept even
-with several senders; coalesces them (only the newest row per edit key; bursts of plain
-notices merged into one message); renders them; and sends them within Telegram's limits
+A loop claims due rows (``core.claims``: whole chats at a time, so order within a chat is
+kept even with several senders); coalesces them (only the newest row per edit key; bursts of
+plain notices merged into one message); renders them; and sends them within Telegram's limits
 (about 1 message/s per chat with short bursts, about 30/s overall). 429s pause the chat for
 ``retry_after``; network errors and 5xx retry with backoff; a blocked user or a missing chat
-stops delivery to that chat; a migrated chat is followed.
+stops delivery to that chat; a migrated chat is followed. What became of each row is recorded
+through ``core.claims``.
 """
 
 from __future__ import annotations
@@ -17,36 +17,33 @@ import html
 import logging
 import re
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
-from django.db.models import F
-from django.utils import timezone
-from telegram import Bot, InputFile
+from django.db import transaction
+from telegram import Bot, InlineKeyboardMarkup, InputFile
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from accounts.models import Account, InvalidTransition
-from jobs.models import Job
-from notifications.models import OutboxMessage
-from statsbot_site.layer import OUTBOX_GROUP
-from telegram_app.formatting import CAPTION_LIMIT, TEXT_LIMIT
-from telegram_app.handlers.common import keyboard
+from accounts.models import Account
+from core import claims
+from core.layer import OUTBOX_GROUP
+from core.models import OutboxMessage
+from telegram_app.markup import keyboard
 from telegram_app.rendering import FilePart, Rendered, render
+from tg_rules.buckets import TokenBucket
+from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT
 
 logger = logging.getLogger(__name__)
 
-State = OutboxMessage.State
 MERGE_SEPARATOR = "\n\n"
-CLAIM_SCAN = 500
 # Messages sent to one chat per round (after coalescing): a round stays short, so one busy chat
 # never holds the others up for long; the rest of its claimed rows go back to the queue.
 MESSAGES_PER_CHAT = 3
-STALE_CLAIM = timedelta(minutes=5)
 PLAIN_CHUNKS_MAX = 3
 
 
@@ -66,60 +63,7 @@ class Item:
     merged_ids: list[int] = field(default_factory=list)
 
 
-# Claiming (sync) ----------------------------------------------------------------------------
-
-
-def _pending_by_chat() -> OrderedDict[int, list[OutboxMessage]]:
-    """Pending rows of chats no sender is busy with, oldest chat first, each chat's due prefix."""
-    now = timezone.now()
-    busy = OutboxMessage.objects.filter(state=State.SENDING).values("chat_id")
-    rows = (
-        OutboxMessage.objects.filter(state=State.PENDING, account__blocked_at__isnull=True)
-        .exclude(chat_id__in=busy)
-        .order_by("id")
-    )
-    if connection.features.has_select_for_update_skip_locked:
-        rows = rows.select_for_update(skip_locked=True, of=("self",))
-    chats: OrderedDict[int, list[OutboxMessage]] = OrderedDict()
-    stopped: set[int] = set()
-    for row in rows[:CLAIM_SCAN]:
-        if row.chat_id in stopped:
-            continue
-        if row.next_attempt_at > now:
-            stopped.add(row.chat_id)  # a later row must not overtake one waiting for its retry
-            continue
-        chats.setdefault(row.chat_id, []).append(row)
-    return chats
-
-
-def claim(sender: str, max_chats: int = 20) -> list[OutboxMessage]:
-    with transaction.atomic():
-        chats = _pending_by_chat()
-        ids = [row.pk for rows in list(chats.values())[:max_chats] for row in rows]
-        OutboxMessage.objects.filter(pk__in=ids, state=State.PENDING).update(
-            state=State.SENDING, claimed_by=sender, claimed_at=timezone.now(), attempts=F("attempts") + 1
-        )
-    return list(OutboxMessage.objects.filter(pk__in=ids, state=State.SENDING, claimed_by=sender).order_by("id"))
-
-
-def _supersede(row: OutboxMessage, reason: str) -> None:
-    try:
-        row.supersede(reason)
-    except InvalidTransition:
-        logger.warning("outbox %s changed while being coalesced", row.pk)
-
-
-def _previous_message_id(row: OutboxMessage) -> int | None:
-    if not row.edit_key:
-        return None
-    return (
-        OutboxMessage.objects.filter(
-            chat_id=row.chat_id, edit_key=row.edit_key, state=State.SENT, sent_message_id__isnull=False
-        )
-        .order_by("-id")
-        .values_list("sent_message_id", flat=True)
-        .first()
-    )
+# Coalescing (sync) ---------------------------------------------------------------------------
 
 
 def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
@@ -129,7 +73,7 @@ def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
     for row in rows:
         newest = newest_by_key.get((row.chat_id, row.edit_key), row.pk)
         if newest != row.pk:
-            _supersede(row, f"superseded by #{newest}")
+            claims.supersede(row, f"superseded by #{newest}")
             continue
         try:
             rendered = render(row)
@@ -143,7 +87,7 @@ def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
             last.rendered.text += MERGE_SEPARATOR + rendered.text
             last.merged_ids.append(row.pk)
             continue
-        chat_items.append(Item(message=row, rendered=rendered, edit_target=_previous_message_id(row)))
+        chat_items.append(Item(message=row, rendered=rendered, edit_target=claims.previous_message_id(row)))
     return items
 
 
@@ -151,63 +95,7 @@ def _fits(first: str, second: str) -> bool:
     return len(first) + len(MERGE_SEPARATOR) + len(second) <= TEXT_LIMIT
 
 
-def release_stale_claims() -> int:
-    """Rows a crashed sender claimed long ago go back to the queue (at-least-once)."""
-    cutoff = timezone.now() - STALE_CLAIM
-    return OutboxMessage.objects.filter(state=State.SENDING, claimed_at__lt=cutoff).update(
-        state=State.PENDING, claimed_by="", claimed_at=None
-    )
-
-
-# Recording outcomes (sync) -----------------------------------------------------------------------
-
-
-def _record_sent(item: Item, message_id: int | None) -> None:
-    with transaction.atomic():
-        item.message.mark_sent(message_id)
-        for merged in OutboxMessage.objects.filter(pk__in=item.merged_ids, state=State.SENDING):
-            merged.supersede(f"merged into #{item.message.pk}")
-        key = item.message.edit_key
-        if key.startswith("job:") and message_id:
-            Job.objects.filter(pk=key.removeprefix("job:"), progress_message_id__isnull=True).update(
-                progress_message_id=message_id
-            )
-
-
-def _record_text_part(item: Item, message_id: int) -> None:
-    """The text went out but files remain: a retry must not send the text again."""
-    OutboxMessage.objects.filter(pk=item.message.pk).update(sent_message_id=message_id)
-    item.message.sent_message_id = message_id
-
-
-def _record_file_part(item: Item) -> None:
-    """One more file went out: a retry starts after it."""
-    item.message.files_sent += 1
-    OutboxMessage.objects.filter(pk=item.message.pk).update(files_sent=item.message.files_sent)
-
-
-def _release(item: Item) -> None:
-    for row in [item.message, *OutboxMessage.objects.filter(pk__in=item.merged_ids)]:
-        try:
-            row.release()
-        except InvalidTransition:
-            pass
-
-
-def _retry(item: Item, error: str, delay: timedelta) -> None:
-    item.message.retry_later(error, delay)
-    _release_merged(item)
-
-
-def _fail(item: Item, error: str) -> None:
-    item.message.fail(error)
-    _release_merged(item)
-
-
-def _release_merged(item: Item) -> None:
-    """Rows merged into a message that did not go out are delivered on their own later."""
-    for row in OutboxMessage.objects.filter(pk__in=item.merged_ids, state=State.SENDING):
-        row.release()
+# Chats Telegram refuses or moves (sync) ---------------------------------------------------------
 
 
 def _stop_chat(chat_id: int, reason: str) -> None:
@@ -215,18 +103,14 @@ def _stop_chat(chat_id: int, reason: str) -> None:
     with transaction.atomic():
         for account in Account.objects.filter(chat_id=chat_id, blocked_at__isnull=True):
             account.mark_blocked()
-        OutboxMessage.objects.filter(chat_id=chat_id, state__in=[State.PENDING, State.SENDING]).update(
-            state=State.FAILED, error=reason[:2000]
-        )
+        claims.fail_chat(chat_id, reason)
 
 
 def _migrate_chat(old_chat_id: int, new_chat_id: int) -> None:
     with transaction.atomic():
         for account in Account.objects.filter(chat_id=old_chat_id):
             account.move_chat(new_chat_id)
-        OutboxMessage.objects.filter(chat_id=old_chat_id, state__in=[State.PENDING, State.SENDING]).update(
-            chat_id=new_chat_id
-        )
+        claims.move_chat(old_chat_id, new_chat_id)
 
 
 # Pacing ---------------------------------------------------------------------------------------------
@@ -236,11 +120,11 @@ class Pacer:
     """Token buckets: per chat (burst, then ``chat_rate``/s) and overall (``global_rate``/s)."""
 
     def __init__(self, chat_rate: float = 1.0, chat_burst: int = 3, global_rate: float = 25.0,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.chat_rate, self.chat_burst, self.global_rate = chat_rate, chat_burst, global_rate
         self.clock = clock
-        self._chats: dict[int, tuple[float, float]] = {}
-        self._global = (float(global_rate), clock())
+        self._chats: dict[int, TokenBucket] = {}
+        self._global = TokenBucket.full(global_rate, global_rate, clock())
         self._paused_until: dict[int, float] = {}
         self._lock = asyncio.Lock()
 
@@ -250,32 +134,32 @@ class Pacer:
     def paused_for(self, chat_id: int) -> float:
         return max(0.0, self._paused_until.get(chat_id, 0.0) - self.clock())
 
-    def _take(self, bucket: tuple[float, float], rate: float, burst: float) -> tuple[tuple[float, float], float]:
-        tokens, stamp = bucket
+    def _try(self, chat_id: int) -> float:
+        """Take a token of the chat and one of the whole bot; or take none and say how long to wait."""
         now = self.clock()
-        tokens = min(burst, tokens + (now - stamp) * rate)
-        if tokens >= 1:
-            return (tokens - 1, now), 0.0
-        return (tokens, now), (1 - tokens) / rate
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            chat = self._chats[chat_id] = TokenBucket.full(self.chat_burst, self.chat_rate, now)
+        chat.refill(now)
+        wait = chat.wait_time()
+        if wait:
+            return wait
+        self._global.refill(now)
+        wait = self._global.wait_time()
+        if wait:
+            return wait
+        chat.take()
+        self._global.take()
+        return 0.0
 
     async def acquire(self, chat_id: int) -> None:
         while True:
             wait = self.paused_for(chat_id)
             if not wait:
                 async with self._lock:
-                    chat_bucket = self._chats.get(chat_id, (float(self.chat_burst), self.clock()))
-                    chat_bucket, chat_wait = self._take(chat_bucket, self.chat_rate, self.chat_burst)
-                    self._chats[chat_id] = chat_bucket
-                    if chat_wait == 0:
-                        self._global, global_wait = self._take(self._global, self.global_rate, self.global_rate)
-                        if global_wait == 0:
-                            return
-                        # give the chat token back; wait for the global one
-                        tokens, stamp = self._chats[chat_id]
-                        self._chats[chat_id] = (tokens + 1, stamp)
-                        wait = global_wait
-                    else:
-                        wait = chat_wait
+                    wait = self._try(chat_id)
+                if not wait:
+                    return
             await asyncio.sleep(wait)  # pacing, not synchronisation
 
 
@@ -303,9 +187,6 @@ class OutboxSender:
         self.pacer = pacer or Pacer()
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; a row claimed when it is set is released, never lost."""
@@ -353,7 +234,7 @@ class OutboxSender:
 
     async def run_once(self, stop: asyncio.Event | None = None) -> int:
         """Claim, coalesce and deliver one batch; returns how many rows were handled."""
-        rows = await database_sync_to_async(claim)(self.name)
+        rows = await database_sync_to_async(claims.claim)(self.name)
         if not rows:
             return 0
         per_chat = await database_sync_to_async(prepare)(rows)
@@ -362,7 +243,7 @@ class OutboxSender:
 
     async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
         for later in items[MESSAGES_PER_CHAT:]:
-            await database_sync_to_async(_release)(later)
+            await database_sync_to_async(claims.release)(later.message, later.merged_ids)
         items = items[:MESSAGES_PER_CHAT]
         for position, item in enumerate(items):
             if stop is not None and stop.is_set():
@@ -375,7 +256,7 @@ class OutboxSender:
             if outcome == Outcome.WAIT:
                 # keep the chat's order: what follows waits for this row's retry (or the next run)
                 for rest in items[position:]:
-                    await database_sync_to_async(_release)(rest)
+                    await database_sync_to_async(claims.release)(rest.message, rest.merged_ids)
                 return
 
     async def _deliver(self, item: Item) -> Outcome:
@@ -386,35 +267,37 @@ class OutboxSender:
             if message_id is None and item.rendered.text:
                 message_id = await self._send_outcome(chat_id, item)
                 if item.rendered.files:
-                    await database_sync_to_async(_record_text_part)(item, message_id)
+                    await database_sync_to_async(claims.record_text_part)(item.message, message_id)
             for part in item.rendered.files[item.message.files_sent:]:
                 sent = await self._send_file(chat_id, part)
-                await database_sync_to_async(_record_file_part)(item)
+                await database_sync_to_async(claims.record_file_part)(item.message)
                 message_id = message_id or sent
-            await database_sync_to_async(_record_sent)(item, message_id)
+            await database_sync_to_async(claims.record_sent)(item.message, message_id, item.merged_ids)
             return Outcome.DONE
         except RetryAfter as exc:
             retry_after = exc.retry_after
             delay = retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
             self.pacer.pause(chat_id, delay)
             logger.info("outbox %s: Telegram asks to wait %ss", item.message.pk, delay)
-            await database_sync_to_async(_retry)(item, f"429: retry after {delay:g}s", timedelta(seconds=delay))
+            await database_sync_to_async(claims.retry)(item.message, f"429: retry after {delay:g}s",
+                                                       timedelta(seconds=delay), item.merged_ids)
         except ChatMigrated as exc:
             logger.info("chat %s migrated to %s", chat_id, exc.new_chat_id)
             await database_sync_to_async(_migrate_chat)(chat_id, exc.new_chat_id)
-            await database_sync_to_async(_retry)(item, "chat migrated", timedelta(0))
+            await database_sync_to_async(claims.retry)(item.message, "chat migrated", timedelta(0), item.merged_ids)
         except Forbidden as exc:
             return await self._give_up_on_chat(item, f"forbidden: {exc.message}")
         except BadRequest as exc:
             if "chat not found" in exc.message.lower():
                 return await self._give_up_on_chat(item, f"chat not found: {exc.message}")
             logger.error("outbox %s refused by Telegram: %s", item.message.pk, exc.message)
-            await database_sync_to_async(_fail)(item, f"bad request: {exc.message}")
+            await database_sync_to_async(claims.fail)(item.message, f"bad request: {exc.message}", item.merged_ids)
             return Outcome.DONE  # a broken row must not hold the chat's later messages back
         except (NetworkError, TelegramError) as exc:  # timeouts, 5xx, connection errors
             delay = timedelta(seconds=min(300, 2 ** item.message.attempts))
             logger.warning("outbox %s: %s; retrying in %ss", item.message.pk, exc, delay.seconds)
-            await database_sync_to_async(_retry)(item, f"{type(exc).__name__}: {exc}", delay)
+            await database_sync_to_async(claims.retry)(item.message, f"{type(exc).__name__}: {exc}", delay,
+                                                       item.merged_ids)
         return Outcome.WAIT
 
     async def _give_up_on_chat(self, item: Item, reason: str) -> Outcome:
@@ -466,7 +349,8 @@ class OutboxSender:
             logger.info("could not shorten message %s in chat %s: %s", target, chat_id, exc.message)
         return await self._send_text(chat_id, rendered, None)
 
-    async def _edit(self, chat_id: int, message_id: int, text: str, parse_mode: str | None, markup) -> None:
+    async def _edit(self, chat_id: int, message_id: int, text: str, parse_mode: str | None,
+                    markup: InlineKeyboardMarkup | None) -> None:
         try:
             await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id, parse_mode=parse_mode,
                                              reply_markup=markup, disable_web_page_preview=True)
@@ -478,7 +362,7 @@ class OutboxSender:
             await self.bot.edit_message_text(_plain(text), chat_id=chat_id, message_id=message_id,
                                              reply_markup=markup, disable_web_page_preview=True)
 
-    async def _send_long(self, chat_id: int, text: str, markup) -> int:
+    async def _send_long(self, chat_id: int, text: str, markup: InlineKeyboardMarkup | None) -> int:
         chunks = _chunks(text)
         if len(chunks) > PLAIN_CHUNKS_MAX:
             await self.pacer.acquire(chat_id)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.utils import timezone
-
-TEXT_LIMIT = 4096
-CAPTION_LIMIT = 1024
 
 
 def esc(value: object) -> str:
@@ -47,7 +44,6 @@ def duration(seconds: float | None) -> str:
         return f"{hours}h" + (f" {minutes}m" if minutes else "")
     days, hours = divmod(hours, 24)
     return f"{days}d" + (f" {hours}h" if hours else "")
-
 
 
 def ago(moment: datetime | None) -> str:
@@ -98,8 +94,3 @@ def since(moment: datetime | None) -> str:
         return "—"
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M} UTC ({ago(moment)})"
 
-
-def seconds_between(start: datetime | None, end: datetime | None = None) -> float | None:
-    if start is None:
-        return None
-    return ((end or timezone.now()) - start) / timedelta(seconds=1)

@@ -18,20 +18,24 @@ from dataclasses import dataclass
 import uvicorn
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from channels.routing import get_default_application
 from django.conf import settings
 from django.utils import timezone
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder
 
+from core.layer import WEBHOOK_GROUP
+from core.site import public_url, publish_bot
+from telegram_app.commands import COMMANDS
 from telegram_app.delivery import OutboxSender
-from telegram_app.handlers import COMMANDS, register
+from telegram_app.handlers import register
 from telegram_app.models import IncomingUpdate
 from telegram_app.persistence import DjangoPersistence
 from telegram_app.sweeps import run_sweeps
+from tg_sandbox import SandboxServer
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_GROUP = "telegram.updates"
 MAX_WS_MESSAGE = 1024 * 1024  # as daphne: worker frames stay far below it
 
 
@@ -58,7 +62,7 @@ class BotRuntime:
     def __init__(self, options: RunOptions) -> None:
         self.options = options
         self.stop_event = asyncio.Event()
-        self.sandbox = None
+        self.sandbox: SandboxServer | None = None
         self.application: Application | None = None
         self.web_server: _EmbeddedServer | None = None
         self.sender: OutboxSender | None = None
@@ -73,8 +77,10 @@ class BotRuntime:
         self.application = self._build_application(api_url, file_url)
         await self.application.initialize()
         me = self.application.bot
-        if not settings.TELEGRAM_BOT_USERNAME:
-            settings.TELEGRAM_BOT_USERNAME = me.username
+        deep_link_base = f"{self.sandbox.url}/" if self.sandbox is not None else ""
+        await database_sync_to_async(publish_bot)(
+            username=settings.TELEGRAM_BOT_USERNAME or me.username, deep_link_base=deep_link_base
+        )
         await me.set_my_commands(COMMANDS)
         await self.application.start()
         if self.options.webhook:
@@ -96,11 +102,8 @@ class BotRuntime:
             return api, api[: -len("/bot")] + "/file/bot" if api.endswith("/bot") else api
         if not settings.TELEGRAM_USE_SANDBOX:
             return None, None  # the real Telegram
-        from telegram_app.sandbox import SandboxServer
-
         self.sandbox = SandboxServer(token=settings.TELEGRAM_BOT_TOKEN, bot_username=settings.TELEGRAM_BOT_USERNAME)
         await self.sandbox.start(self.options.sandbox_host, self.options.sandbox_port)
-        settings.TELEGRAM_DEEP_LINK_BASE = f"{self.sandbox.url}/"
         return self.sandbox.api_base_url, self.sandbox.file_base_url
 
     def _build_application(self, api_url: str | None, file_url: str | None) -> Application:
@@ -114,10 +117,8 @@ class BotRuntime:
         return application
 
     async def _start_web(self) -> None:
-        from statsbot_site.asgi import application
-
         config = uvicorn.Config(
-            application,
+            get_default_application(),  # settings.ASGI_APPLICATION: HTTP + worker WebSockets
             host=self.options.host,
             port=self.options.port,
             lifespan="off",
@@ -134,7 +135,7 @@ class BotRuntime:
             await asyncio.sleep(0.05)
 
     async def _start_webhook_mode(self) -> None:
-        url = f"{settings.PUBLIC_URL}/telegram/webhook/"
+        url = f"{public_url()}/telegram/webhook/"
         await self.application.bot.set_webhook(
             url, secret_token=settings.TELEGRAM_WEBHOOK_SECRET or None, allowed_updates=["message", "callback_query"]
         )
@@ -173,10 +174,6 @@ class BotRuntime:
             await self.application.shutdown()
         if self.sandbox is not None:
             await self.sandbox.stop()
-
-    async def run_until_stopped(self) -> None:
-        await self.start()
-        await self.stop_event.wait()
 
 
 def _unprocessed_updates(limit: int = 100) -> list[tuple[int, dict]]:

@@ -12,7 +12,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from telegram import Update
 
-from accounts.models import Account, ApiKey, InvalidTransition
+from accounts.models import Account, ApiKey
+from core.state_machine import InvalidTransition
 from jobs import services as job_services
 from jobs.models import Job
 from workers import services as worker_services
@@ -86,7 +87,7 @@ def disconnect_worker(account: Account) -> Worker | None:
 
 
 @database_sync_to_async
-def submit_job(account: Account, action: str, params: dict[str, Any], context: str = "") -> Job:
+def submit_job(account: Account, action: str, params: dict[str, Any], context: str = Job.Context.NONE) -> Job:
     return job_services.submit_job(account, action, params, context=context)
 
 

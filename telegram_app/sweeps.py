@@ -14,10 +14,11 @@ from datetime import timedelta
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from accounts.pairing import expire_pairings
+from core.claims import release_stale_claims
+from core.outbox import prune as prune_outbox
 from jobs.services import mark_lost_jobs
 from notifications import services as notification_services
-from notifications.outbox import prune as prune_outbox
-from telegram_app.delivery import release_stale_claims
 from workers.models import ConnectToken
 from workers.services import announce_disconnects
 
@@ -34,7 +35,7 @@ SWEEPS: list[tuple[str, Callable[[], int]]] = [
     ("disconnect notices", announce_disconnects),
     ("lost jobs", mark_lost_jobs),
     ("stalled processes", notification_services.mark_stalled_processes),
-    ("expired pairings", notification_services.expire_pairings),
+    ("expired pairings", expire_pairings),
     ("stale outbox claims", release_stale_claims),
     ("old connect tokens", delete_old_connect_tokens),
     ("idempotency records and rate counters", notification_services.prune_bookkeeping),
@@ -43,7 +44,7 @@ SWEEPS: list[tuple[str, Callable[[], int]]] = [
 
 
 def run_sweeps_once() -> dict[str, int]:
-    results = {}
+    results: dict[str, int] = {}
     for name, sweep in SWEEPS:
         try:
             results[name] = sweep()

@@ -17,7 +17,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from statsbot_site.layer import ring
+from core import events
+from core.layer import WEBHOOK_GROUP, ring
 from telegram_app.models import IncomingUpdate
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,5 @@ def webhook(request: HttpRequest) -> JsonResponse:
     except IntegrityError:
         logger.info("webhook: update %s received again; already stored", update_id)
     else:
-        from telegram_app.runtime import WEBHOOK_GROUP
-
-        ring(WEBHOOK_GROUP, {"type": "updates.wake"})
+        ring(WEBHOOK_GROUP, events.updates_wake())
     return JsonResponse({"ok": True})

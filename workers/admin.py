@@ -2,8 +2,11 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import InvalidTransition
+from accounts.admin import AccountAdmin
+from accounts.models import Account
+from core.state_machine import InvalidTransition
 from workers.models import ConnectToken, Worker
+from workers.services import issue_connect_command, revoke_worker
 
 
 @admin.register(ConnectToken)
@@ -43,8 +46,6 @@ class WorkerAdmin(admin.ModelAdmin):
 
     @admin.action(description="Disconnect and revoke the credential")
     def disconnect_workers(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
-        from workers.services import revoke_worker
-
         done = 0
         for worker in queryset:
             try:
@@ -53,3 +54,23 @@ class WorkerAdmin(admin.ModelAdmin):
             except InvalidTransition:
                 pass
         self.message_user(request, f"Disconnected {done} worker(s).", messages.SUCCESS)
+
+
+# The account page gets the connect-token action here, where workers live: accounts know nothing
+# of workers (the usual Django way to extend another app's admin: register a subclass in its place).
+admin.site.unregister(Account)
+
+
+@admin.register(Account)
+class AccountWithWorkerAdmin(AccountAdmin):
+    actions = [*AccountAdmin.actions, "issue_connect_token"]
+
+    @admin.action(description="Issue a worker connect token (shows the command once)")
+    def issue_connect_token(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
+        for account in queryset:
+            command = issue_connect_command(account)
+            self.message_user(
+                request,
+                f"{account}: valid 5 minutes, single use — Mac/Linux: {command.unix}  ·  Windows: {command.windows}",
+                messages.SUCCESS,
+            )

@@ -17,10 +17,13 @@ from typing import Any
 from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from accounts.state_machine import InvalidTransition
+from core import events
+from core.layer import worker_group
+from core.state_machine import InvalidTransition
 from jobs import services as jobs
+from jobs.models import Job
 from workers import protocol
-from workers.models import ConnectToken, Worker, worker_group
+from workers.models import ConnectToken, Worker
 from workers.protocol import CloseCode, ProtocolError
 from workers.script import download_url, is_outdated, latest_version
 from workers.services import notify_worker_event
@@ -187,7 +190,7 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         self.auth_deadline.cancel()
         self.worker = worker
         if old_channel and old_channel != self.channel_name:
-            await self.channel_layer.send(old_channel, {"type": "worker.replaced"})
+            await self.channel_layer.send(old_channel, events.worker_replaced())
         await self.channel_layer.group_add(worker_group(worker.account_id), self.channel_name)
         outdated = is_outdated(worker.worker_version)
         response: dict[str, Any] = {
@@ -246,11 +249,11 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         """
         await self.channel_layer.group_add(worker_group(self.worker.account_id), self.channel_name)
         if not await database_sync_to_async(Worker.objects.live().filter(pk=self.worker.pk).exists)():
-            await self.worker_revoked({})
+            await self.worker_revoked(events.worker_revoked("revoked"))
             return
-        await self.jobs_dispatch({})
+        await self.jobs_dispatch(events.jobs_dispatch())
 
-    async def _own_job(self, job_id: str) -> Any:
+    async def _own_job(self, job_id: str) -> Job:
         job = await database_sync_to_async(jobs.job_for_worker)(self.worker, job_id)
         if job is None:
             raise ProtocolError("unknown_job", "No such job for this worker.", job_id)
@@ -264,24 +267,24 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
 
     # Events from the channel layer ------------------------------------------------------
 
-    async def jobs_dispatch(self, event: dict[str, Any]) -> None:
+    async def jobs_dispatch(self, event: events.JobsDispatch) -> None:
         await aclose_old_connections()
         if self.worker is None:
             return
         for frame in await database_sync_to_async(jobs.claim_for_dispatch)(self.worker):
             await self.send_json(frame)
 
-    async def jobs_cancel(self, event: dict[str, Any]) -> None:
+    async def jobs_cancel(self, event: events.JobsCancel) -> None:
         if self.worker is not None:
             await self.send_json({"type": "cancel", "job_id": event["job_id"]})
 
-    async def worker_replaced(self, event: dict[str, Any]) -> None:
+    async def worker_replaced(self, event: events.WorkerReplaced) -> None:
         await self.send_json(
             {"type": "replaced", "message": "A newer worker connected for this account; this one stops."}
         )
         await self.close(code=CloseCode.REPLACED)
 
-    async def worker_revoked(self, event: dict[str, Any]) -> None:
+    async def worker_revoked(self, event: events.WorkerRevoked) -> None:
         await self.send_json(
             {"type": "revoked", "message": "This worker was disconnected from the bot. Run /connect to add it again."}
         )

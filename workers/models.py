@@ -9,13 +9,14 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Account, InvalidTransition
-from accounts.secrets import hash_secret, new_secret
+from accounts.models import Account
+from core.secrets import hash_secret, new_secret
+from core.state_machine import InvalidTransition
 
 CONNECT_TOKEN_TTL = timedelta(minutes=5)
 
 
-class ConnectTokenQuerySet(models.QuerySet):
+class ConnectTokenQuerySet(models.QuerySet["ConnectToken"]):
     def usable(self) -> ConnectTokenQuerySet:
         return self.filter(used_at__isnull=True, expires_at__gt=timezone.now())
 
@@ -72,12 +73,9 @@ class ConnectToken(models.Model):
         return cls.objects.select_related("account").get(token_hash=digest) if won else None
 
 
-class WorkerQuerySet(models.QuerySet):
+class WorkerQuerySet(models.QuerySet["Worker"]):
     def live(self) -> WorkerQuerySet:
         return self.filter(revoked_at__isnull=True)
-
-    def online(self) -> WorkerQuerySet:
-        return self.live().exclude(channel_name="")
 
 
 class Worker(models.Model):
@@ -126,10 +124,6 @@ class Worker(models.Model):
     @property
     def is_online(self) -> bool:
         return self.revoked_at is None and bool(self.channel_name)
-
-    @property
-    def group_name(self) -> str:
-        return worker_group(self.account_id)
 
     @classmethod
     def enroll(cls, account: Account, machine: dict[str, Any]) -> tuple[Worker, str]:
@@ -229,7 +223,3 @@ class Worker(models.Model):
         self.revoke_reason = reason
         self.save(update_fields=["revoked_at", "revoke_reason"])
 
-
-def worker_group(account_id: int) -> str:
-    """The channel-layer group the account's worker connection listens on."""
-    return f"worker.{account_id}"

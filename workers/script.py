@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
+from core.site import public_url as site_url
+
 SCRIPT_PATH = Path(settings.BASE_DIR) / "worker_script" / "statsbot_worker.py"
 SERVER_PLACEHOLDER = "__STATSBOT_SERVER_URL__"
 VERSION_RE = re.compile(r'^WORKER_VERSION = "([^"]+)"$', re.MULTILINE)
@@ -23,13 +25,13 @@ class WorkerScript:
 
 def websocket_url(public_url: str | None = None) -> str:
     """``PUBLIC_URL`` turned into the worker WebSocket URL: https → wss, http → ws."""
-    parts = urlsplit(public_url or settings.PUBLIC_URL)
+    parts = urlsplit(public_url or site_url())
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws/worker/", "", ""))
 
 
 def download_url(public_url: str | None = None) -> str:
-    return f"{(public_url or settings.PUBLIC_URL).rstrip('/')}/worker"
+    return f"{(public_url or site_url()).rstrip('/')}/worker"
 
 
 @lru_cache(maxsize=4)

@@ -11,8 +11,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Account
-from notifications.outbox import enqueue
-from statsbot_site.layer import ring, ring_channel
+from core import events
+from core.layer import ring_channel
+from core.models import OutboxMessage
+from core.outbox import enqueue
 from workers.models import ConnectToken, Worker
 from workers.script import download_url
 
@@ -48,7 +50,7 @@ def live_worker(account: Account) -> Worker | None:
 
 def notify_worker_event(worker: Worker, event: str) -> None:
     """Tell the user about their worker: connected, reconnected, disconnected, replaced, revoked."""
-    enqueue(worker.account, kind="worker", payload={"event": event, "worker_id": worker.pk})
+    enqueue(worker.account, kind=OutboxMessage.Kind.WORKER, payload={"event": event, "worker_id": worker.pk})
 
 
 def revoke_worker(worker: Worker, reason: str) -> None:
@@ -57,7 +59,7 @@ def revoke_worker(worker: Worker, reason: str) -> None:
         channel = worker.channel_name
         worker.revoke(reason)
         if channel:
-            ring_channel(channel, {"type": "worker.revoked", "reason": reason})
+            ring_channel(channel, events.worker_revoked(reason))
     logger.info("worker %s revoked (%s)", worker.pk, reason)
 
 
@@ -75,9 +77,3 @@ def announce_disconnects(grace: float | None = None) -> int:
             count += 1
     return count
 
-
-def wake_worker(account_id: int) -> None:
-    """Ask the account's worker connection (in whichever process holds it) to look at its queue."""
-    from workers.models import worker_group
-
-    ring(worker_group(account_id), {"type": "jobs.dispatch"})

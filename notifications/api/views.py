@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from accounts.models import InvalidTransition, PairingRequest
-from accounts.secrets import matches
+from accounts import pairing as pairings
+from accounts.models import PairingRequest
+from core.secrets import matches
+from core.site import start_link
+from core.state_machine import InvalidTransition
 from notifications import ratelimit, services
 from notifications.api.errors import ApiError, InvalidInput
 from notifications.api.http import Answer, Call, endpoint
@@ -26,12 +28,6 @@ from notifications.schema import openapi_schema
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 2
-
-
-def start_link(payload: str) -> str:
-    """A link that opens the chat with ``/start <payload>``: t.me, or the sandbox's web chat."""
-    base = settings.TELEGRAM_DEEP_LINK_BASE or f"https://t.me/{settings.TELEGRAM_BOT_USERNAME or 'statsbot_sandbox_bot'}"
-    return f"{base}?start={payload}"
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -51,7 +47,7 @@ def register(call: Call) -> Answer:
         raise ApiError(429, "rate_limited",
                        f"too many pairings started from this address; retry in {decision.retry_after}s",
                        {"Retry-After": str(decision.retry_after)})
-    pairing, poll_secret = services.start_pairing(hostname=data.hostname, label=data.label)
+    pairing, poll_secret = pairings.start_pairing(hostname=data.hostname, label=data.label)
     ratelimit.record_pairing_ip(pairing, ip)
     poll_path = reverse("notifications:register-poll", kwargs={"code": pairing.code})
     return 201, {

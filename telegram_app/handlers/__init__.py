@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 
-from telegram import BotCommand, Update
+from telegram import Update
 from telegram.constants import ChatType, ParseMode
 from telegram.ext import (
     Application,
@@ -17,24 +17,13 @@ from telegram.ext import (
 )
 
 from telegram_app import callbacks
+from telegram_app.commands import COMMANDS
 from telegram_app.handlers import connect, flows, jobs, models, start, worker
 
 logger = logging.getLogger(__name__)
 
 
-COMMANDS = [
-    BotCommand("start", "Status and your notification key"),
-    BotCommand("connect", "Connect your machine as a local worker"),
-    BotCommand("train", "Train a model on a file on your machine"),
-    BotCommand("predict", "Predict with one of your models"),
-    BotCommand("models", "List or delete your models"),
-    BotCommand("jobs", "Recent jobs; cancel a running one"),
-    BotCommand("worker", "Worker status, autostart, disconnect"),
-    BotCommand("status", "Key, worker and running processes"),
-    BotCommand("revoke", "Revoke your notification key"),
-    BotCommand("help", "What I can do"),
-    BotCommand("cancel", "Stop the current step"),
-]
+__all__ = ["COMMANDS", "register"]
 
 
 async def private_only(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import Update
 from telegram.constants import ParseMode
 from telegram.ext import ContextTypes, ConversationHandler
 
 from telegram_app import callbacks
+from telegram_app.markup import keyboard
 from telegram_app.rendering import Buttons
-
-
-def keyboard(rows: Buttons) -> InlineKeyboardMarkup | None:
-    if not rows:
-        return None
-    return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(**button) for button in row] for row in rows]
-    )
 
 
 async def reply(update: Update, text: str, buttons: Buttons | None = None, *, edit: bool = False) -> None:

@@ -16,7 +16,7 @@ async def list_models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if await store.online_worker(account) is None:
         await no_worker(update)
         return
-    await store.submit_job(account, Job.Action.LIST_MODELS, {}, context="models")
+    await store.submit_job(account, Job.Action.LIST_MODELS, {}, context=Job.Context.MODELS)
 
 
 async def _picked_model_id(update: Update) -> tuple[str, str, int] | None:

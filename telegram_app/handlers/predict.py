@@ -26,7 +26,7 @@ async def begin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     account = await store.account_for(update)
     if await store.online_worker(account) is None:
         return await no_worker(update)
-    await store.submit_job(account, Job.Action.LIST_MODELS, {}, context="predict")
+    await store.submit_job(account, Job.Action.LIST_MODELS, {}, context=Job.Context.PREDICT)
     return PICK
 
 
@@ -71,7 +71,7 @@ async def receive_path(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
         account,
         Job.Action.PREDICT,
         {"model_id": state.get("model_id"), "file_path": update.message.text.strip().strip("'\"")},
-        context="predict",
+        context=Job.Context.PREDICT,
     )
     await reply(update, f"🔮 Predicting with {bold(state.get('model_id', '?'))} — progress follows below.")
     return ConversationHandler.END

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from telegram import Update
 from telegram.ext import ContextTypes
 
-from accounts.models import PairingRequest
+from accounts import pairing as pairings
+from accounts.models import ApiKey, PairingRequest
+from core.site import public_url
 from notifications import services as notification_services
 from notifications.client_download import client_install_url
 from telegram_app import callbacks, store
 from telegram_app.formatting import ago, bold, code, esc, since
 from telegram_app.handlers.common import CONNECT_BUTTON, reply
 from telegram_app.rendering.notify import format_process_tree
+from workers.models import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ HELP = f"""🤖 {bold("StatsBot")} — train and predict on your own machine, an
 Your data never leaves your machine: the worker sends back only metrics, small samples and file paths."""
 
 
-def worker_section(worker) -> str:
+def worker_section(worker: Worker | None) -> str:
     if worker is None:
         return (
             f"🖥️ {bold('Local worker')}: ❌ Not connected\n"
@@ -53,10 +55,10 @@ def worker_section(worker) -> str:
 
 
 def setup_command() -> str:
-    return f"python -c \"import experiment_bot; experiment_bot.setup(server='{settings.PUBLIC_URL}')\""
+    return f"python -c \"import experiment_bot; experiment_bot.setup(server='{public_url()}')\""
 
 
-def key_section(key, new_key: str | None) -> str:
+def key_section(key: ApiKey | None, new_key: str | None) -> str:
     title = f"🔔 {bold('Experiment notifications')}"
     if new_key:
         return (
@@ -120,8 +122,8 @@ async def approve_pairing(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 async def pair_answer(update: Update, code_: str, *, edit: bool = False) -> None:
     account = await store.account_for(update)
-    outcome = await database_sync_to_async(notification_services.confirm_pairing)(account, code_)
-    if isinstance(outcome, notification_services.PairingRefusal):
+    outcome = await database_sync_to_async(pairings.confirm_pairing)(account, code_)
+    if isinstance(outcome, pairings.PairingRefusal):
         text = f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link."
     else:
         text = (f"✅ {bold('Paired!')} Your script receives key {code(outcome.prefix + '…')} now and saves it "

@@ -21,6 +21,7 @@ from telegram.ext import (
 
 from jobs.models import Job
 from telegram_app import callbacks, store
+from telegram_app.commands import COMMANDS
 from telegram_app.formatting import bold, code, esc, number
 from telegram_app.handlers.common import no_worker, reply
 from telegram_app.rendering.jobs import MODEL_NAMES
@@ -29,7 +30,7 @@ SOURCE, PATH, TARGET, TASK, MODEL, CONFIRM = range(6)
 
 # While a step waits for a path, text is a path, even "/data.csv" (Telegram marks "/data" as a
 # command). Only the bot's own commands interrupt: /cancel ends the step, the others do their job.
-OWN_COMMANDS = "start|help|status|revoke|connect|worker|train|predict|models|jobs|cancel"
+OWN_COMMANDS = "|".join(command.command for command in COMMANDS)
 PATH_TEXT = filters.TEXT & ~filters.Regex(rf"^/({OWN_COMMANDS})(@\w+)?(\s|$)")
 CANCEL_BUTTON = {"text": "✖️ Cancel", "callback_data": callbacks.CANCEL}
 MAX_PATH = 1024
@@ -82,7 +83,7 @@ async def receive_path(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
         return PATH
     path = update.message.text.strip().strip("'\"")
     account = await store.account_for(update)
-    job = await store.submit_job(account, Job.Action.DESCRIBE, {"file_path": path}, context="describe")
+    job = await store.submit_job(account, Job.Action.DESCRIBE, {"file_path": path}, context=Job.Context.DESCRIBE)
     state = _state(context)
     state.update(path=path, describe_job=str(job.id))
     return TARGET
@@ -185,7 +186,7 @@ async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             "task_type": state.get("task"),
             "test_size": 0.2,
         },
-        context="train",
+        context=Job.Context.TRAIN,
     )
     await reply(update, f"🚀 Training on {bold(state.get('machine', 'your machine'))} — progress follows below.",
                 edit=True)

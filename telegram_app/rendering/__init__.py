@@ -1,6 +1,6 @@
 """Turning outbox rows into what Telegram shows.
 
-Domain apps write facts (``OutboxMessage.kind`` + ``payload``); this package renders each
+Domain apps write facts (``OutboxMessage.Kind`` + ``payload``); this package renders each
 kind to HTML text, inline buttons and files. The sender (``telegram_app.delivery``) is the
 only caller: it renders a row just before sending, so a coalesced progress row always shows
 the latest state from the database.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from notifications.models import OutboxMessage
+from core.models import OutboxMessage
+from core.outbox import Buttons
 
-Buttons = list[list[dict[str, str]]]  # rows of {"text", "callback_data" | "url"}
-
+__all__ = ["Buttons", "FilePart", "Rendered", "render", "renderer"]
 
 @dataclass
 class FilePart:
@@ -43,7 +43,7 @@ Renderer = Callable[[OutboxMessage], Rendered]
 _RENDERERS: dict[str, Renderer] = {}
 
 
-def renderer(kind: str) -> Callable[[Renderer], Renderer]:
+def renderer(kind: OutboxMessage.Kind) -> Callable[[Renderer], Renderer]:
     def register(func: Renderer) -> Renderer:
         _RENDERERS[kind] = func
         return func

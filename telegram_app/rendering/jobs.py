@@ -11,8 +11,8 @@ from typing import Any
 
 from django.conf import settings
 
+from core.models import OutboxMessage
 from jobs.models import Job
-from notifications.models import OutboxMessage
 from telegram_app import callbacks, charts
 from telegram_app.formatting import bold, code, duration, esc, number, progress_bar, table
 from telegram_app.rendering import Buttons, FilePart, Rendered, renderer
@@ -37,13 +37,13 @@ TARGET_BUTTONS = 40
 # Jobs a user waits for: their outcome arrives as a new message, which notifies the phone.
 LONG_ACTIONS = {Job.Action.TRAIN, Job.Action.PREDICT}
 RETRY_HINTS = {
-    "describe": "Send another path, or /cancel.",
-    "predict": "Send /predict to try again.",
-    "train": "Send /train to try again.",
+    Job.Context.DESCRIBE: "Send another path, or /cancel.",
+    Job.Context.PREDICT: "Send /predict to try again.",
+    Job.Context.TRAIN: "Send /train to try again.",
 }
 
 
-@renderer("job")
+@renderer(OutboxMessage.Kind.JOB)
 def render_job(message: OutboxMessage) -> Rendered:
     job = Job.objects.select_related("worker").filter(pk=message.payload.get("job_id")).first()
     if job is None:
@@ -80,7 +80,7 @@ def render_unfinished(job: Job) -> Rendered:
             lines.append(esc(job.message))
         return Rendered(text="\n".join(lines), buttons=[] if quiet else cancel)
     if job.state == Job.State.FAILED:
-        hint = RETRY_HINTS.get(job.params.get("_context") or job.action, "")
+        hint = RETRY_HINTS.get(job.context or job.action, "")
         return Rendered(text=f"❌ {bold(title)} failed\n\n{esc(job.error)}" + (f"\n\n{hint}" if hint else ""))
     if job.state == Job.State.CANCELLED:
         return Rendered(text=f"✖️ {bold(title)} cancelled.")
@@ -213,10 +213,9 @@ def _sample_columns(columns: list[str], limit: int = 5) -> list[int]:
 
 def _list_models(job: Job) -> Rendered:
     models = (job.result or {}).get("models") or []
-    context = job.params.get("_context")
     if not models:
         return Rendered(text="📚 No models on your machine yet. Train one with /train.")
-    if context == "predict":
+    if job.context == Job.Context.PREDICT:
         buttons = [
             [{"text": _model_label(m), "callback_data": callbacks.job_ref(callbacks.PREDICT_PICK, job.id, i)}]
             for i, m in enumerate(models[:20])

@@ -23,9 +23,11 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from notifications.models import OutboxMessage, TrackedProcess
-from telegram_app.formatting import CAPTION_LIMIT, TEXT_LIMIT, duration, esc, number
+from core.models import OutboxMessage
+from notifications.models import TrackedProcess
+from telegram_app.formatting import duration, esc, number
 from telegram_app.rendering import FilePart, Rendered, renderer
+from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +44,14 @@ BAR_CELLS = 10
 # ---------------------------------------------------------------------------------- basics
 
 
-def tg_len(text: str) -> int:
-    """Length as Telegram counts it (UTF-16 code units)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
 def clip(text: str, limit: int, ellipsis: str = "…") -> str:
     """``text`` cut to at most ``limit`` UTF-16 units (before escaping)."""
-    if tg_len(text) <= limit:
+    if utf16_len(text) <= limit:
         return text
     out: list[str] = []
-    used = tg_len(ellipsis)
+    used = utf16_len(ellipsis)
     for char in text:
-        used += tg_len(char)
+        used += utf16_len(char)
         if used > limit:
             break
         out.append(char)
@@ -64,13 +61,13 @@ def clip(text: str, limit: int, ellipsis: str = "…") -> str:
 def clip_escaped(text: str, budget: int, ellipsis: str = "…") -> str:
     """``text`` escaped and cut so the escaped form takes at most ``budget`` UTF-16 units."""
     escaped = esc(text)
-    if tg_len(escaped) <= budget:
+    if utf16_len(escaped) <= budget:
         return escaped
     out: list[str] = []
-    used = tg_len(ellipsis)
+    used = utf16_len(ellipsis)
     for char in text:
         piece = esc(char)
-        used += tg_len(piece)
+        used += utf16_len(piece)
         if used > budget:
             break
         out.append(piece)
@@ -333,10 +330,10 @@ def traceback_block(traceback: str, budget: int) -> tuple[str, bool]:
         hidden = len(lines) - len(tail)
         head = [f"… {hidden} earlier line{'s' if hidden != 1 else ''}"] if hidden else []
         block = f"<pre>{esc(chr(10).join(head + tail))}</pre>"
-        if tg_len(block) <= budget or len(tail) == 1:
+        if utf16_len(block) <= budget or len(tail) == 1:
             break
         tail = tail[1:]
-    if tg_len(block) > budget:
+    if utf16_len(block) > budget:
         block = f"<pre>{clip_escaped(tail[-1], budget - 11)}</pre>"
         cut = True
     return block, cut or hidden > 0
@@ -348,14 +345,14 @@ def join_lines(*lines: str) -> str:
 
 def guard(text: str) -> str:
     """Last resort for a text over the limit: drop the markup and cut."""
-    if tg_len(text) <= TEXT_LIMIT:
+    if utf16_len(text) <= TEXT_LIMIT:
         return text
     logger.warning("rendered text over %s characters; sending it without formatting", TEXT_LIMIT)
     return clip_escaped(sanitize_html(text)[1], TEXT_LIMIT)
 
 
 def caption(text: str) -> str:
-    return text if tg_len(text) <= CAPTION_LIMIT else clip_escaped(sanitize_html(text)[1], CAPTION_LIMIT)
+    return text if utf16_len(text) <= CAPTION_LIMIT else clip_escaped(sanitize_html(text)[1], CAPTION_LIMIT)
 
 
 # ---------------------------------------------------------------------------------- notify
@@ -369,7 +366,7 @@ def _attachments(message: OutboxMessage, fallback_caption: str) -> list[FilePart
     ]
 
 
-@renderer("notify")
+@renderer(OutboxMessage.Kind.NOTIFY)
 def render_notify(message: OutboxMessage) -> Rendered:
     payload = message.payload or {}
     level = payload.get("level") if payload.get("level") in LEVEL_EMOJI else "info"
@@ -385,10 +382,10 @@ def render_notify(message: OutboxMessage) -> Rendered:
 
     files = _attachments(message, f" · {title(process)}" if process is not None else "")
     body_html, plain = format_body(text, fmt)
-    budget = TEXT_LIMIT - tg_len(join_lines(LEVEL_EMOJI[level] + " ", process_line, meta_line)) - 2
-    if tg_len(body_html) > budget:
+    budget = TEXT_LIMIT - utf16_len(join_lines(LEVEL_EMOJI[level] + " ", process_line, meta_line)) - 2
+    if utf16_len(body_html) > budget:
         note = "\n<i>… the full text is attached.</i>"
-        body_html = clip_escaped(plain, budget - tg_len(note)) + note
+        body_html = clip_escaped(plain, budget - utf16_len(note)) + note
         extension = {"markdown": "md", "html": "html"}.get(fmt, "txt")
         files.insert(0, FilePart(kind="document", filename=f"message.{extension}", data=text.encode("utf-8"),
                                  caption="📄 full text"))
@@ -472,7 +469,7 @@ def _finished(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
     )
     files: list[FilePart] = []
     if process.traceback:
-        block, truncated = traceback_block(process.traceback, TEXT_LIMIT - tg_len(text) - 1)
+        block, truncated = traceback_block(process.traceback, TEXT_LIMIT - utf16_len(text) - 1)
         text = join_lines(text, block)
         if truncated:
             files.append(FilePart(kind="document", filename="traceback.txt",
@@ -513,7 +510,7 @@ _EVENTS = {
 }
 
 
-@renderer("process")
+@renderer(OutboxMessage.Kind.PROCESS)
 def render_process(message: OutboxMessage) -> Rendered:
     payload = message.payload or {}
     event = _EVENTS.get(payload.get("event", ""))

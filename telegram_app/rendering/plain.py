@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from notifications.models import OutboxMessage
+from core.models import OutboxMessage
 from telegram_app.rendering import FilePart, Rendered, renderer
 
 
-@renderer("text")
+@renderer(OutboxMessage.Kind.TEXT)
 def render_text(message: OutboxMessage) -> Rendered:
     files = [FilePart(kind=f.kind, filename=f.filename, data=bytes(f.data), caption=f.caption)
              for f in message.files.all()]

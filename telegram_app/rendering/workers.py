@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from notifications.models import OutboxMessage
+from core.models import OutboxMessage
 from telegram_app.formatting import bold, code, esc
 from telegram_app.rendering import Rendered, renderer
 from workers.models import Worker
 
 
-@renderer("worker")
+@renderer(OutboxMessage.Kind.WORKER)
 def render_worker_event(message: OutboxMessage) -> Rendered:
     event = message.payload.get("event")
     worker = Worker.objects.filter(pk=message.payload.get("worker_id")).first()

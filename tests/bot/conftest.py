@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.db import connections
 
 from telegram_app.runtime import BotRuntime, RunOptions
-from telegram_app.sandbox import SandboxDriver
+from tg_sandbox.testing import SandboxDriver
 
 _user_ids = itertools.count(7_000_001)
 

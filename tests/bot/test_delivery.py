@@ -12,10 +12,12 @@ from channels.db import database_sync_to_async
 from telegram import Bot
 
 from accounts.models import Account
-from notifications.models import OutboxMessage
-from notifications.outbox import FileToSend, enqueue
-from telegram_app.delivery import OutboxSender, Pacer, claim, prepare
-from telegram_app.sandbox import SandboxDriver, SandboxThread
+from core.claims import claim
+from core.models import OutboxMessage
+from core.outbox import FileToSend, enqueue
+from telegram_app.delivery import OutboxSender, Pacer, prepare
+from tg_sandbox import SandboxThread
+from tg_sandbox.testing import SandboxDriver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 State = OutboxMessage.State

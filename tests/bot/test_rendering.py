@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from core.models import OutboxMessage
 from jobs.models import Job
-from notifications.models import OutboxMessage
 from telegram_app import callbacks
 from telegram_app.formatting import duration, number, progress_bar, table
 from telegram_app.rendering import render
-from telegram_app.sandbox import format_text
 from tests.bot.scripted_worker import default_answer
+from tg_sandbox import format_text
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db

@@ -15,9 +15,9 @@ from django.conf import settings as django_settings
 from accounts.models import Account
 from jobs.models import Job
 from telegram_app.runtime import RunOptions
-from telegram_app.sandbox import SandboxDriver
 from tests.bot.conftest import RunningBot, free_port
 from tests.bot.scripted_worker import ScriptedWorker
+from tg_sandbox.testing import SandboxDriver
 from workers.models import ConnectToken
 
 ROOT = Path(__file__).resolve().parents[2]

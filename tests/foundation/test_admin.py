@@ -8,14 +8,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import ApiKey, PairingRequest
+from core.models import Attachment, OutboxMessage
+from core.site import publish_bot
 from jobs.models import Job
-from notifications.models import (
-    Attachment,
-    IdempotencyRecord,
-    OutboxMessage,
-    RateCounter,
-    TrackedProcess,
-)
+from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
 from telegram_app.models import BotState
 from workers.models import ConnectToken, Worker
 
@@ -36,11 +32,12 @@ def one_of_each(account):
     IdempotencyRecord.objects.create(api_key=key, key="k1", endpoint="notify", status_code=202, response={})
     RateCounter.objects.create(api_key=key, window="10s", window_start=timezone.now(), count=1)
     BotState.objects.create(kind="user_data", key="1", data={})
+    publish_bot(username="statsbot_test_bot")
     return {"secrets": [raw, credential, token_raw], "account": account, "key": key, "worker": worker,
             "job": job, "message": message, "process": process, "token": token, "pairing": pairing}
 
 
-OUR_APPS = {"accounts", "workers", "jobs", "notifications", "telegram_app"}
+OUR_APPS = {"core", "accounts", "workers", "jobs", "notifications", "telegram_app"}
 
 
 def _admin_urls():
@@ -130,8 +127,8 @@ def test_it_creates_accounts_keys_jobs_and_messages_from_the_console(staff_clien
     job = Job.objects.get(action="list_models")
     assert job.state == Job.State.QUEUED and job.params == {"_context": "operator"}
 
-    staff_client.post(reverse("admin:notifications_outboxmessage_add"),
+    staff_client.post(reverse("admin:core_outboxmessage_add"),
                       {"account": account.pk, "text": "Maintenance at 18:00 UTC"}, follow=True)
     sent = OutboxMessage.objects.get(text="Maintenance at 18:00 UTC")
     assert (sent.state, sent.chat_id, sent.parse_mode) == (OutboxMessage.State.PENDING, account.chat_id, "")
-    assert staff_client.get(reverse("admin:notifications_outboxmessage_add")).status_code == 200
+    assert staff_client.get(reverse("admin:core_outboxmessage_add")).status_code == 200

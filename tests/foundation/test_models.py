@@ -6,10 +6,12 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, InvalidTransition, PairingRequest
-from accounts.secrets import hash_secret
+from accounts.models import ApiKey, PairingRequest
+from core.models import OutboxMessage
+from core.secrets import hash_secret
+from core.state_machine import InvalidTransition
 from jobs.models import Job
-from notifications.models import OutboxMessage, TrackedProcess
+from notifications.models import TrackedProcess
 from workers.models import ConnectToken, Worker
 
 pytestmark = pytest.mark.django_db

@@ -6,8 +6,9 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from core.models import OutboxMessage
 from notifications import ratelimit
-from notifications.models import OutboxMessage, RateCounter
+from notifications.models import RateCounter
 from tests.notifications.conftest import ApiClient, wait_for_fresh_window
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from notifications.models import Attachment, IdempotencyRecord, OutboxMessage
+from core.models import Attachment, OutboxMessage
+from notifications.models import IdempotencyRecord
 from tests.notifications.conftest import start_body
 
 pytestmark = pytest.mark.django_db

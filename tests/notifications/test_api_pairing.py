@@ -10,9 +10,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import ApiKey, PairingRequest
+from accounts.pairing import PairingRefusal, confirm_pairing, expire_pairings
+from core.models import OutboxMessage
 from notifications import ratelimit
-from notifications.models import OutboxMessage
-from notifications.services import PairingRefusal, confirm_pairing, expire_pairings
 from tests.notifications.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db

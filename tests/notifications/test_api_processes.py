@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
+from core.models import OutboxMessage
 from notifications import services
-from notifications.models import OutboxMessage, TrackedProcess
+from notifications.models import TrackedProcess
 from notifications.services import progress_step
 from tests.notifications.conftest import new_uuid, start_body
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from notifications.models import IdempotencyRecord, OutboxMessage, TrackedProcess
+from core.models import OutboxMessage
+from notifications.models import IdempotencyRecord, TrackedProcess
 from tests.notifications.conftest import ApiClient, start_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,7 +71,7 @@ def test_it_starts_a_process_once_under_concurrent_starts(issued_key):
 def test_it_claims_a_pairing_key_once_under_concurrent_polls(account):
     from urllib.parse import parse_qs, urlsplit
 
-    from notifications.services import confirm_pairing
+    from accounts.pairing import confirm_pairing
 
     started = ApiClient().post("/api/register", {"hostname": "box"}).json()
     confirm_pairing(account, started["code"])

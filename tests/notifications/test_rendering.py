@@ -7,12 +7,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.models import OutboxMessage
+from core.outbox import FileToSend
 from notifications import services
-from notifications.models import OutboxMessage, TrackedProcess
-from notifications.outbox import FileToSend
+from notifications.models import TrackedProcess
 from telegram_app.rendering import _RENDERERS
 from telegram_app.rendering.notify import (
-    TEXT_LIMIT,
     duration,
     format_process_tree,
     markdown_to_html,
@@ -20,9 +20,9 @@ from telegram_app.rendering.notify import (
     render_notify,
     render_process,
     sanitize_html,
-    tg_len,
 )
 from tests.notifications.conftest import new_uuid
+from tg_rules.text import TEXT_LIMIT, utf16_len
 
 pytestmark = pytest.mark.django_db
 
@@ -108,7 +108,7 @@ def test_it_shows_metadata_compactly(key):
 def test_it_attaches_a_text_too_long_for_one_message(key):
     long_text = "line & more\n" * 800
     rendered = notify(key, long_text, fmt="markdown")
-    assert tg_len(rendered.text) <= TEXT_LIMIT
+    assert utf16_len(rendered.text) <= TEXT_LIMIT
     assert "the full text is attached" in rendered.text
     [document] = rendered.files
     assert (document.kind, document.filename, document.data) == ("document", "message.md", long_text.encode())
@@ -171,7 +171,7 @@ def test_it_renders_a_success_with_runtime_memory_metrics_and_a_chart(key):
     assert "💾 peak 2.0 GB" in rendered.text and "📊 acc 0.9512 · loss 0.25" in rendered.text
     [chart] = rendered.files
     assert chart.kind == "photo" and chart.filename == "metrics.png" and chart.data.startswith(b"\x89PNG")
-    assert tg_len(chart.caption) <= 1024
+    assert utf16_len(chart.caption) <= 1024
 
 
 def test_it_sends_no_chart_for_a_single_point(key):
@@ -201,7 +201,7 @@ def test_it_truncates_a_long_traceback_and_attaches_it_whole(key):
     services.finish_process(key, uuid=process.uuid, status="failed", error="RuntimeError: <boom>",
                             traceback=trace)
     rendered = render_process(rows(process, "finished")[0])
-    assert tg_len(rendered.text) <= TEXT_LIMIT
+    assert utf16_len(rendered.text) <= TEXT_LIMIT
     block = rendered.text[rendered.text.index("<pre>"):]
     assert block.endswith("RuntimeError: &lt;boom&gt;</pre>")
     assert "earlier lines" in block and "module_199.py" in block and "module_150.py" not in block
@@ -216,7 +216,7 @@ def test_it_keeps_a_crash_with_huge_lines_within_the_limit(key):
     services.finish_process(key, uuid=process.uuid, status="failed", error="<" * 5000, traceback=trace,
                             metrics={f"m{i}": i * 1.5 for i in range(100)})
     rendered = render_process(rows(process, "finished")[0])
-    assert tg_len(rendered.text) <= TEXT_LIMIT
+    assert utf16_len(rendered.text) <= TEXT_LIMIT
     assert rendered.files[-1].filename == "traceback.txt"
 
 

@@ -8,8 +8,9 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
+from core.models import OutboxMessage
 from notifications import services
-from notifications.models import IdempotencyRecord, OutboxMessage, RateCounter, TrackedProcess
+from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
 from tests.notifications.conftest import new_uuid
 
 pytestmark = pytest.mark.django_db
@@ -127,8 +128,8 @@ def test_it_prunes_files_and_rows_of_delivered_messages(account):
 
     from django.utils import timezone
 
-    from notifications.models import Attachment, OutboxMessage
-    from notifications.outbox import FileToSend, enqueue, prune
+    from core.models import Attachment, OutboxMessage
+    from core.outbox import FileToSend, enqueue, prune
 
     old = enqueue(account, text="old", files=[FileToSend("document", "log.txt", b"x" * 100)])
     week_old = enqueue(account, text="week", files=[FileToSend("document", "log.txt", b"y")])

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from telegram_app.sandbox import SandboxDriver, SandboxServer, SandboxThread
+from tg_sandbox import SandboxServer, SandboxThread
+from tg_sandbox.testing import SandboxDriver
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import aiohttp
 import pytest
 
-from telegram_app.sandbox import SandboxServer
+from tg_sandbox import SandboxServer
 
 from .helpers import call
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telegram_app.sandbox.entities import (
+from tg_sandbox.entities import (
     EntityParseError,
     UnsupportedParseModeError,
     find_bot_commands,

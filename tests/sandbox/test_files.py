@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from telegram_app.sandbox import SandboxServer
-from telegram_app.sandbox.images import image_size
+from tg_rules.images import image_size
+from tg_sandbox import SandboxServer
 
 from .helpers import call, make_png
 

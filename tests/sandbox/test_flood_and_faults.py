@@ -7,8 +7,8 @@ import time
 import aiohttp
 import pytest
 
-from telegram_app.sandbox import FaultRule, FloodConfig, SandboxServer
-from telegram_app.sandbox.flood import FloodControl
+from tg_sandbox import FaultRule, FloodConfig, SandboxServer
+from tg_sandbox.flood import FloodControl
 
 from .helpers import call
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
-from telegram_app.sandbox import SandboxDriver, SandboxThread
+from tg_sandbox import SandboxThread
+from tg_sandbox.testing import SandboxDriver
 
 from .helpers import BotThread, build_demo_application, make_png
 

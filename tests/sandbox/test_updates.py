@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from telegram_app.sandbox import SandboxServer
+from tg_sandbox import SandboxServer
 
 from .helpers import call
 

@@ -9,8 +9,8 @@ import aiohttp
 import httpx
 import pytest
 
-from telegram_app.sandbox import SandboxDriver, SandboxServer, SandboxThread
-from telegram_app.sandbox.driver import SandboxDriverError
+from tg_sandbox import SandboxServer, SandboxThread
+from tg_sandbox.testing import SandboxDriver, SandboxDriverError
 
 from .helpers import call
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from telegram_app.sandbox import SandboxThread
 from tests.browser import needs_chromium
+from tg_sandbox import SandboxThread
 
 from .helpers import BotThread, build_demo_application
 

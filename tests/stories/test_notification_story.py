@@ -147,7 +147,7 @@ def test_it_delivers_what_was_sent_while_the_server_was_down(settings, make_acco
     from experiment_bot import ExperimentBot
 
     from accounts.models import ApiKey
-    from notifications.models import OutboxMessage
+    from core.models import OutboxMessage
     from telegram_app.runtime import RunOptions
     from tests.bot.conftest import RunningBot, free_port
 

@@ -8,9 +8,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from core.models import OutboxMessage
 from jobs.models import Job
 from jobs.services import cancel_job, submit_job
-from notifications.models import OutboxMessage
 from tests.workers.conftest import auth_frame, communicator
 from workers.models import Worker
 from workers.protocol import CloseCode

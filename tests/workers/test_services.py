@@ -10,9 +10,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.models import Account
+from core.models import OutboxMessage
 from jobs.models import Job
 from jobs.services import mark_lost_jobs
-from notifications.models import OutboxMessage
 from workers.models import ConnectToken, Worker
 from workers.script import websocket_url
 from workers.services import announce_disconnects, issue_connect_command

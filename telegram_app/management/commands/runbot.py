@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.site import serve_at
 from telegram_app.runtime import BotRuntime, RunOptions
 
 
@@ -41,7 +42,7 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
         if options["web"] and "PUBLIC_URL" not in os.environ:
             # Unset means "where this process serves": connect commands and /worker must point here.
-            settings.PUBLIC_URL = f"http://{options['host']}:{options['port']}"
+            serve_at(f"http://{options['host']}:{options['port']}")
         run = RunOptions(
             host=options["host"],
             port=options["port"],

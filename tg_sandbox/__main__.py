@@ -1,4 +1,4 @@
-"""Standalone sandbox: ``python -m telegram_app.sandbox [--host H] [--port P] [--token T]``."""
+"""Standalone sandbox: ``python -m tg_sandbox [--host H] [--port P] [--token T]``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .state import DEFAULT_BOT_USERNAME, DEFAULT_TOKEN
 
 
 def _parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m telegram_app.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tg_sandbox", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("SANDBOX_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8081")))
     parser.add_argument("--token", default=os.environ.get("SANDBOX_BOT_TOKEN", DEFAULT_TOKEN))

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tg_rules.buckets import TokenBucket
+
 
 @dataclass
 class FloodConfig:
@@ -22,31 +24,13 @@ class FloodConfig:
 
 
 @dataclass
-class _Bucket:
-    capacity: float
-    rate: float
-    tokens: float
-    stamp: float
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait_time(self) -> float:
-        """Seconds until one token is available (0 when one is)."""
-        if self.tokens >= 1:
-            return 0.0
-        return (1 - self.tokens) / self.rate if self.rate > 0 else math.inf
-
-
-@dataclass
 class FloodControl:
     """Decides whether a counted call may go through; thread-safe."""
 
     config: FloodConfig = field(default_factory=FloodConfig)
     clock: Callable[[], float] = time.monotonic
-    _chats: dict[int, _Bucket] = field(default_factory=dict)
-    _global: _Bucket | None = None
+    _chats: dict[int, TokenBucket] = field(default_factory=dict)
+    _global: TokenBucket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -63,16 +47,14 @@ class FloodControl:
         with self._lock:
             chat = self._chats.get(chat_id)
             if chat is None:
-                chat = self._chats[chat_id] = _Bucket(
-                    cfg.per_chat_burst, cfg.per_chat_rate, cfg.per_chat_burst, now
-                )
+                chat = self._chats[chat_id] = TokenBucket.full(cfg.per_chat_burst, cfg.per_chat_rate, now)
             if self._global is None:
-                self._global = _Bucket(cfg.global_burst, cfg.global_rate, cfg.global_burst, now)
+                self._global = TokenBucket.full(cfg.global_burst, cfg.global_rate, now)
             chat.refill(now)
             self._global.refill(now)
             wait = max(chat.wait_time(), self._global.wait_time())
             if wait > 0:
                 return max(1, math.ceil(wait))
-            chat.tokens -= 1
-            self._global.tokens -= 1
+            chat.take()
+            self._global.take()
             return None

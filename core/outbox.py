@@ -1,22 +1,48 @@
-"""Writing messages for the bot to deliver. Domain apps call ``enqueue``; nothing here talks to Telegram."""
+"""Writing messages for the bot to deliver. Domain apps call ``enqueue``; nothing here talks to Telegram.
+
+Also the one definition of edit keys: rows that share one edit the same Telegram message.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Account
-from notifications.models import Attachment, OutboxMessage
-from statsbot_site.layer import OUTBOX_GROUP, ring
+from core import events
+from core.layer import OUTBOX_GROUP, ring
+from core.models import Attachment, OutboxMessage
 
 FILES_KEPT = timedelta(days=7)  # uploads of delivered messages: long enough to retry by hand
 ROWS_KEPT = timedelta(days=30)
 DONE = [OutboxMessage.State.SENT, OutboxMessage.State.SUPERSEDED, OutboxMessage.State.FAILED]
+
+Buttons = list[list[dict[str, str]]]  # rows of {"text", "callback_data" | "url"}
+
+
+class Recipient(Protocol):
+    """Whom a message goes to: an ``accounts.Account`` (core refers to it without importing it)."""
+
+    @property
+    def pk(self) -> Any: ...
+
+    @property
+    def chat_id(self) -> int: ...
+
+
+def job_edit_key(job_id: uuid.UUID | str) -> str:
+    """Rows with this key edit the one message that shows the job from "queued" to its result."""
+    return f"job:{job_id}"
+
+
+def process_edit_key(process_uuid: uuid.UUID | str) -> str:
+    """Rows with this key edit the one progress message of a tracked process."""
+    return f"proc:{process_uuid}"
 
 
 @dataclass(frozen=True)
@@ -29,20 +55,20 @@ class FileToSend:
 
 
 def enqueue(
-    account: Account,
+    account: Recipient,
     *,
-    kind: str = "text",
+    kind: str = OutboxMessage.Kind.TEXT,
     payload: dict[str, Any] | None = None,
     text: str = "",
-    parse_mode: str = "HTML",
-    buttons: list[list[dict[str, str]]] | None = None,
+    parse_mode: str = OutboxMessage.ParseMode.HTML,
+    buttons: Buttons | None = None,
     edit_key: str = "",
     files: Iterable[FileToSend] = (),
 ) -> OutboxMessage:
     """Queue one message for ``account``'s chat and wake the sender once it is committed."""
     with transaction.atomic():
         message = OutboxMessage.objects.create(
-            account=account,
+            account_id=account.pk,
             chat_id=account.chat_id,
             kind=kind,
             payload=payload or {},
@@ -62,7 +88,7 @@ def enqueue(
             )
             for f in files
         )
-        ring(OUTBOX_GROUP, {"type": "outbox.wake"})
+        ring(OUTBOX_GROUP, events.outbox_wake())
     return message
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tg_rules.text import utf16_len
+
 Entity = dict[str, Any]
 
 SPACE_CHARS = " \t\r\n\v\f\0"
@@ -64,11 +66,6 @@ class EntityParseError(ValueError):
 
 class UnsupportedParseModeError(ValueError):
     """``parse_mode`` is none of HTML, MarkdownV2, Markdown."""
-
-
-def utf16_len(text: str) -> int:
-    """Length of ``text`` in UTF-16 code units (how Telegram counts offsets and limits)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def _u16(ch: str) -> int:

@@ -18,10 +18,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from .entities import add_automatic_entities, sort_entities, utf16_len
+from tg_rules.images import image_size, image_type
+from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
+
+from .entities import add_automatic_entities, sort_entities
 from .faults import FaultQueue
 from .flood import FloodConfig, FloodControl
-from .images import image_mime_type, image_size
 from .models import (
     BotApiError,
     CallbackQuery,
@@ -74,7 +76,7 @@ CONFLICT_OTHER_POLL = (
 )
 CONFLICT_WEBHOOK = "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
 MAX_EVENTS_PER_CHAT = 20_000
-USER_TEXT_LIMIT = 4096
+USER_TEXT_LIMIT = TEXT_LIMIT
 
 
 class UserApiError(Exception):
@@ -393,7 +395,7 @@ class SandboxState:
         """A user sends a file as a document; returns (message, its event seq)."""
         if not data:
             raise UserApiError(400, "the file is empty")
-        if caption and utf16_len(caption) > 1024:
+        if caption and utf16_len(caption) > CAPTION_LIMIT:
             raise UserApiError(400, "caption is longer than 1024 characters")
         user = self.ensure_user(user_id, first_name, username)
         chat = self.chats[user_id]
@@ -460,7 +462,7 @@ class SandboxState:
     ) -> StoredFile:
         """Keep uploaded bytes; ``kind`` is "photos" or "documents" (the file_path folder)."""
         number = next(self._file_counter)
-        sniffed = image_mime_type(data)
+        sniffed = image_type(data)
         if not mime_type or mime_type == "application/octet-stream":
             guessed = mimetypes.guess_type(file_name)[0] if file_name else None
             mime_type = guessed or sniffed or mime_type or "application/octet-stream"

@@ -1,14 +1,14 @@
-"""The Telegram sandbox: a local emulator of the Bot API subset StatsBot uses, a web chat
-page and a test driver. Pure aiohttp + standard library (no Django), so it runs inside the
-bot process, in tests, or standalone: ``python -m telegram_app.sandbox --port 8081``.
+"""The Telegram sandbox: a local emulator of the Bot API subset StatsBot uses, and a web chat
+page. Pure aiohttp + standard library (no Django, nothing of the server; Telegram's counting
+rules come from ``tg_rules``), so it runs inside the bot process, in tests, or standalone:
+``python -m tg_sandbox --port 8081``. ``tg_sandbox.testing`` drives it as a user, for tests.
 
     server = await SandboxServer().start()          # or: with SandboxThread() as server: ...
     Application.builder().token(server.token)
         .base_url(server.api_base_url).base_file_url(server.file_base_url)
 """
 
-from .driver import SandboxDriver, SandboxDriverError, SandboxUserDriver
-from .entities import EntityParseError, find_bot_commands, format_text, utf16_len
+from .entities import EntityParseError, find_bot_commands, format_text
 from .faults import FaultRule
 from .flood import FloodConfig
 from .models import BotApiError
@@ -23,14 +23,10 @@ __all__ = [
     "EntityParseError",
     "FaultRule",
     "FloodConfig",
-    "SandboxDriver",
-    "SandboxDriverError",
     "SandboxServer",
     "SandboxState",
     "SandboxThread",
-    "SandboxUserDriver",
     "build_app",
     "find_bot_commands",
     "format_text",
-    "utf16_len",
 ]

@@ -1,8 +1,15 @@
-"""Image dimensions read from file headers (PNG, JPEG, GIF, WebP), standard library only."""
+"""Which bytes are an image, and its dimensions, read from file headers (PNG, JPEG, GIF, WebP)."""
 
 from __future__ import annotations
 
 import struct
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -66,14 +73,11 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def image_mime_type(data: bytes) -> str | None:
-    """MIME type guessed from the header bytes."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:2] == b"\xff\xd8":
-        return "image/jpeg"
-    if data[:4] == b"GIF8":
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+def image_type(data: bytes) -> str | None:
+    """The image content type of ``data`` by its magic bytes (PNG, JPEG, GIF, WebP), else None."""
+    for signature, content_type in _SIGNATURES:
+        if data.startswith(signature):
+            return content_type
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None

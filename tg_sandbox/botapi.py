@@ -18,8 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .entities import EntityParseError, UnsupportedParseModeError, format_text, utf16_len
-from .images import image_size
+from tg_rules.images import image_size
+from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
+
+from .entities import EntityParseError, UnsupportedParseModeError, format_text
 from .models import BotApiError, PrivateChat, StoredFile, StoredMessage, bad_request
 from .params import Params, read_params
 from .state import SandboxState
@@ -31,8 +33,6 @@ STATE_KEY: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)
 MethodHandler = Callable[[SandboxState, Params], Awaitable[Any]]
 METHODS: dict[str, tuple[str, MethodHandler]] = {}
 
-TEXT_LIMIT = 4096
-CAPTION_LIMIT = 1024
 PHOTO_UPLOAD_LIMIT = 10 * 1024 * 1024
 DOCUMENT_UPLOAD_LIMIT = 50 * 1024 * 1024
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
