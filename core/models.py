@@ -10,11 +10,6 @@ from django.utils import timezone
 from core.state_machine import StateMachineModel
 
 
-class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
-    def due(self) -> OutboxMessageQuerySet:
-        return self.filter(state=OutboxMessage.State.PENDING, next_attempt_at__lte=timezone.now())
-
-
 class OutboxMessage(StateMachineModel):
     """One message (or edit) to deliver to a chat. Domain code writes rows; the bot's sender delivers.
 
@@ -70,8 +65,6 @@ class OutboxMessage(StateMachineModel):
     files_sent = models.PositiveSmallIntegerField(default=0, help_text="Files already delivered (a retry skips them).")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-
-    objects = OutboxMessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

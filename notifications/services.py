@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 LEVELS = ("info", "success", "warning", "error")
 FORMATS = ("text", "markdown", "html")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-PROCESS_EVENTS = ("started", "progress", "finished", "stalled", "recovered")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")

@@ -1,12 +1,14 @@
-"""Telegram text formatting: HTML / MarkdownV2 / Markdown parsing and automatic entities.
+"""Telegram text formatting: HTML parsing and automatic entities.
 
 Everything here works on Python ``str`` and reports entity offsets and lengths in UTF-16
 code units, as the Bot API does. Parse errors carry Telegram's wording; the caller prefixes
 ``"Bad Request: can't parse entities: "``.
 
-The parsers follow the behaviour of TDLib (the library behind the Bot API server):
-``parse_html``, ``parse_markdown_v2`` and ``parse_markdown`` (legacy), then
-``fix_formatted_text``-like trimming, then automatic ``bot_command`` and ``url`` entities.
+The parser follows the behaviour of TDLib (the library behind the Bot API server):
+``parse_html``, then ``fix_formatted_text``-like trimming, then automatic ``bot_command`` and
+``url`` entities. StatsBot sends HTML or plain text only (notifications in Markdown are turned
+into HTML by the bot), so the sandbox answers the other parse modes (``MarkdownV2``, legacy
+``Markdown``) with "unsupported parse_mode" instead of emulating them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from tg_rules.text import utf16_len
 Entity = dict[str, Any]
 
 SPACE_CHARS = " \t\r\n\v\f\0"
-MARKDOWN_V2_RESERVED = "_*[]()~`>#+-=|{}.!"
 HTML_NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
 HTML_SUPPORTED_TAGS = frozenset(
     {
@@ -65,7 +66,7 @@ class EntityParseError(ValueError):
 
 
 class UnsupportedParseModeError(ValueError):
-    """``parse_mode`` is none of HTML, MarkdownV2, Markdown."""
+    """``parse_mode`` is not HTML (the only one the sandbox emulates; empty means plain text)."""
 
 
 def _u16(ch: str) -> int:
@@ -298,267 +299,6 @@ def _html_end_tag(
     return i + 1
 
 
-# --------------------------------------------------------------------------- MarkdownV2
-
-_MDV2_TYPES = {"*": "bold", "~": "strikethrough", "[": "text_link"}
-
-
-def _reserved_error(ch: str) -> EntityParseError:
-    return EntityParseError(f"Character '{ch}' is reserved and must be escaped with the preceding '\\'")
-
-
-def _mdv2_is_end(top: dict[str, Any], text: str, i: int) -> bool:
-    ch = text[i]
-    nxt = text[i + 1] if i + 1 < len(text) else ""
-    kind = top["type"]
-    if kind == "bold":
-        return ch == "*"
-    if kind == "italic":
-        return ch == "_" and nxt != "_"
-    if kind == "underline":
-        return ch == "_" and nxt == "_"
-    if kind == "code":
-        return ch == "`"
-    if kind == "pre":
-        return text.startswith("```", i)
-    if kind in ("text_link", "custom_emoji"):
-        return ch == "]"
-    if kind == "strikethrough":
-        return ch == "~"
-    if kind == "spoiler":
-        return ch == "|" and nxt == "|"
-    return False
-
-
-def _read_link_target(text: str, i: int) -> tuple[str, int]:
-    """``text[i]`` is '('; returns (url with escapes removed, index of ')')."""
-    begin = i + 1
-    i = begin
-    parts: list[str] = []
-    n = len(text)
-    while i < n and text[i] != ")":
-        if text[i] == "\\" and i + 1 < n and 0 < ord(text[i + 1]) <= 126:
-            parts.append(text[i + 1])
-            i += 2
-            continue
-        parts.append(text[i])
-        i += 1
-    if i >= n:
-        raise EntityParseError(f"Can't find end of a URL at byte offset {_byte_offset(text, begin)}")
-    return "".join(parts), i
-
-
-def _skip_pre_language(text: str, i: int) -> tuple[str | None, int]:
-    """After an opening ```: read an optional language and skip one newline."""
-    n = len(text)
-    language = None
-    end = i
-    while end < n and text[end] not in SPACE_CHARS and text[end] != "`":
-        end += 1
-    if end != i and end < n and text[end] != "`":
-        language = text[i:end]
-        i = end
-    if i < n and text[i] in "\r\n":
-        if i + 1 < n and text[i + 1] in "\r\n" and text[i] != text[i + 1]:
-            i += 2
-        else:
-            i += 1
-    return language, i
-
-
-def parse_markdown_v2(text: str) -> tuple[str, list[Entity]]:
-    """Parse Telegram MarkdownV2 into (plain text, entities)."""
-    out = _Builder()
-    entities: list[Entity] = []
-    stack: list[dict[str, Any]] = []
-    quote: dict[str, Any] | None = None
-    n = len(text)
-    i = 0
-    while i < n:
-        ch = text[i]
-        in_code = bool(stack) and stack[-1]["type"] in ("code", "pre")
-        at_line_start = i == 0 or text[i - 1] == "\n"
-        if at_line_start and not in_code:
-            if text.startswith("**>", i) or ch == ">":
-                if quote is None:
-                    quote = {"offset": out.u16, "expandable": False}
-                if text.startswith("**>", i):
-                    quote["expandable"] = True
-                    i += 3
-                else:
-                    i += 1
-                continue
-            if quote is not None:
-                _close_quote(quote, out, entities, text)
-                quote = None
-        if ch == "\\" and i + 1 < n and 0 < ord(text[i + 1]) <= 126:
-            out.add(text[i + 1])
-            i += 2
-            continue
-        reserved = "`" if in_code else MARKDOWN_V2_RESERVED
-        if ch not in reserved:
-            out.add(ch)
-            i += 1
-            continue
-        if (
-            quote is not None
-            and text.startswith("||", i)
-            and (i + 2 == n or text[i + 2] == "\n")
-            and not (stack and stack[-1]["type"] == "spoiler")
-        ):
-            quote["expandable"] = True
-            i += 2
-            continue
-        if stack and _mdv2_is_end(stack[-1], text, i):
-            i = _mdv2_close(text, i, out, entities, stack)
-            continue
-        begin = i
-        language = None
-        if ch == "_":
-            if i + 1 < n and text[i + 1] == "_":
-                kind = "underline"
-                i += 1
-            else:
-                kind = "italic"
-            i += 1
-        elif ch == "|":
-            if not text.startswith("||", i):
-                raise _reserved_error(ch)
-            kind = "spoiler"
-            i += 2
-        elif ch == "`":
-            if text.startswith("```", i):
-                kind = "pre"
-                language, i = _skip_pre_language(text, i + 3)
-            else:
-                kind = "code"
-                i += 1
-        elif ch == "!":
-            if not text.startswith("![", i):
-                raise _reserved_error(ch)
-            kind = "custom_emoji"
-            i += 2
-        elif ch in _MDV2_TYPES:
-            kind = _MDV2_TYPES[ch]
-            i += 1
-        else:
-            raise _reserved_error(ch)
-        stack.append(
-            {"type": kind, "offset": out.u16, "start": len(out.parts), "byte": begin, "language": language}
-        )
-    if stack:
-        raise EntityParseError(
-            f"Can't find end of the entity starting at byte offset {_byte_offset(text, stack[-1]['byte'])}"
-        )
-    if quote is not None:
-        _close_quote(quote, out, entities, text)
-    return out.text(), entities
-
-
-def _close_quote(quote: dict[str, Any], out: _Builder, entities: list[Entity], text: str) -> None:
-    end = out.u16
-    rendered = out.text()
-    if rendered.endswith("\n"):
-        end -= 1
-    if end > quote["offset"]:
-        kind = "expandable_blockquote" if quote["expandable"] else "blockquote"
-        entities.append(_entity(kind, quote["offset"], end - quote["offset"]))
-
-
-def _mdv2_close(text: str, i: int, out: _Builder, entities: list[Entity], stack: list[dict[str, Any]]) -> int:
-    top = stack.pop()
-    kind = top["type"]
-    offset = top["offset"]
-    length = out.u16 - offset
-    extra: dict[str, Any] = {}
-    skip = length == 0
-    if kind in ("underline", "spoiler"):
-        i += 2
-    elif kind == "pre":
-        i += 3
-        extra["language"] = top["language"]
-    elif kind in ("text_link", "custom_emoji"):
-        if i + 1 < len(text) and text[i + 1] == "(":
-            url, close = _read_link_target(text, i + 1)
-            i = close + 1
-        else:
-            url = "".join(out.parts[top["start"] :])
-            i += 1
-        if kind == "custom_emoji":
-            match = re.fullmatch(r"tg://emoji\?id=(\d+)", url)
-            if not match:
-                raise EntityParseError("Custom emoji entity must contain a tg://emoji URL")
-            extra["custom_emoji_id"] = match.group(1)
-        else:
-            normalized = _normalize_url(url)
-            if normalized is None:
-                skip = True
-            extra["url"] = normalized
-    else:
-        i += 1
-    if not skip:
-        entities.append(_entity(kind, offset, length, **extra))
-    return i
-
-
-# --------------------------------------------------------------------------- legacy Markdown
-
-
-def parse_markdown(text: str) -> tuple[str, list[Entity]]:
-    """Parse legacy Markdown (``parse_mode="Markdown"``): *bold* _italic_ `code` ```pre``` [a](url)."""
-    out = _Builder()
-    entities: list[Entity] = []
-    n = len(text)
-    i = 0
-    while i < n:
-        ch = text[i]
-        if ch == "\\" and i + 1 < n and text[i + 1] in "_*`[":
-            out.add(text[i + 1])
-            i += 2
-            continue
-        if ch not in "_*`[":
-            out.add(ch)
-            i += 1
-            continue
-        begin = i
-        end_char = "]" if ch == "[" else ch
-        is_pre = False
-        language = None
-        i += 1
-        if ch == "`" and text.startswith("``", i):
-            is_pre = True
-            language, i = _skip_pre_language(text, i + 2)
-        offset = out.u16
-        start = len(out.parts)
-        while i < n and (text[i] != end_char or (is_pre and not text.startswith("```", i))):
-            out.add(text[i])
-            i += 1
-        if i >= n:
-            raise EntityParseError(
-                f"Can't find end of the entity starting at byte offset {_byte_offset(text, begin)}"
-            )
-        length = out.u16 - offset
-        if ch == "[":
-            inner = "".join(out.parts[start:])
-            url = inner
-            if i + 1 < n and text[i + 1] == "(":
-                close = text.find(")", i + 2)
-                if close != -1:
-                    url = text[i + 2 : close]
-                    i = close
-            normalized = _normalize_url(url)
-            if length and normalized:
-                entities.append(_entity("text_link", offset, length, url=normalized))
-        elif length:
-            if is_pre:
-                entities.append(_entity("pre", offset, length, language=language))
-            else:
-                kinds = {"_": "italic", "*": "bold", "`": "code"}
-                entities.append(_entity(kinds[ch], offset, length))
-        i += 3 if is_pre else 1
-    return out.text(), entities
-
-
 # --------------------------------------------------------------------------- automatic entities
 
 
@@ -694,10 +434,6 @@ def format_text(
         plain, entities = text, validate_explicit_entities(text, explicit_entities)
     elif mode == "html":
         plain, entities = parse_html(text, strict_ampersand=strict_ampersand)
-    elif mode == "markdownv2":
-        plain, entities = parse_markdown_v2(text)
-    elif mode == "markdown":
-        plain, entities = parse_markdown(text)
     elif mode:
         raise UnsupportedParseModeError(parse_mode)
     else:

@@ -1,18 +1,16 @@
-"""Formatting rules of the sandbox: bot_command detection, HTML, MarkdownV2, legacy Markdown."""
+"""Formatting rules of the sandbox: bot_command detection, HTML, UTF-16 counting."""
 
 from __future__ import annotations
 
 import pytest
 
+from tg_rules.text import utf16_len
 from tg_sandbox.entities import (
     EntityParseError,
     UnsupportedParseModeError,
     find_bot_commands,
     format_text,
     parse_html,
-    parse_markdown,
-    parse_markdown_v2,
-    utf16_len,
 )
 
 
@@ -171,90 +169,6 @@ def test_it_keeps_a_stray_ampersand_when_html_is_lenient() -> None:
     assert parse_html("Q&A", strict_ampersand=False) == ("Q&A", [])
 
 
-@pytest.mark.parametrize(
-    ("markdown", "text", "entities"),
-    [
-        (
-            "*bold* _it_ __under__ ~strike~ ||spoiler||",
-            "bold it under strike spoiler",
-            [
-                {"offset": 0, "length": 4, "type": "bold"},
-                {"offset": 5, "length": 2, "type": "italic"},
-                {"offset": 8, "length": 5, "type": "underline"},
-                {"offset": 14, "length": 6, "type": "strikethrough"},
-                {"offset": 21, "length": 7, "type": "spoiler"},
-            ],
-        ),
-        ("Price: 3\\.50 \\(approx\\)\\!", "Price: 3.50 (approx)!", []),
-        (
-            "`a.b` and [link](https://example.org/x\\)y)",
-            "a.b and link",
-            [
-                {"offset": 0, "length": 3, "type": "code"},
-                {"offset": 8, "length": 4, "type": "text_link", "url": "https://example.org/x)y"},
-            ],
-        ),
-        (
-            "```python\nprint(1)\n```",
-            "print(1)",
-            [{"offset": 0, "length": 8, "type": "pre", "language": "python"}],
-        ),
-        (
-            "*bold _nested_*",
-            "bold nested",
-            [{"offset": 0, "length": 11, "type": "bold"}, {"offset": 5, "length": 6, "type": "italic"}],
-        ),
-        (
-            ">quoted\n>lines\nafter",
-            "quoted\nlines\nafter",
-            [{"offset": 0, "length": 12, "type": "blockquote"}],
-        ),
-        (
-            "**>hidden\n>more||\nafter",
-            "hidden\nmore\nafter",
-            [{"offset": 0, "length": 11, "type": "expandable_blockquote"}],
-        ),
-    ],
-)
-def test_it_parses_markdown_v2(markdown: str, text: str, entities: list[dict[str, object]]) -> None:
-    assert format_text(markdown, "MarkdownV2") == (text, entities)
-
-
-@pytest.mark.parametrize(
-    ("markdown", "reason"),
-    [
-        ("Done.", "Character '.' is reserved and must be escaped with the preceding '\\'"),
-        ("a-b", "Character '-' is reserved and must be escaped with the preceding '\\'"),
-        ("1+1=2", "Character '+' is reserved and must be escaped with the preceding '\\'"),
-        ("wow!", "Character '!' is reserved and must be escaped with the preceding '\\'"),
-        ("a > b", "Character '>' is reserved and must be escaped with the preceding '\\'"),
-        ("*unclosed", "Can't find end of the entity starting at byte offset 0"),
-        ("é _x", "Can't find end of the entity starting at byte offset 3"),
-        ("[a](https://x.org", "Can't find end of a URL at byte offset 4"),
-    ],
-)
-def test_it_refuses_invalid_markdown_v2(markdown: str, reason: str) -> None:
-    with pytest.raises(EntityParseError) as error:
-        parse_markdown_v2(markdown)
-    assert str(error.value) == reason
-
-
-def test_it_allows_reserved_characters_inside_markdown_v2_code() -> None:
-    assert parse_markdown_v2("`x.y-z!`") == ("x.y-z!", [{"offset": 0, "length": 6, "type": "code"}])
-
-
-def test_it_parses_legacy_markdown_leniently() -> None:
-    assert parse_markdown("*bold* done. a-b! [site](https://example.org)") == (
-        "bold done. a-b! site",
-        [
-            {"offset": 0, "length": 4, "type": "bold"},
-            {"offset": 16, "length": 4, "type": "text_link", "url": "https://example.org"},
-        ],
-    )
-    with pytest.raises(EntityParseError, match="Can't find end of the entity starting at byte offset 4"):
-        parse_markdown("see *this")
-
-
 def test_it_trims_whitespace_and_clips_entities() -> None:
     assert format_text("  <b> hi </b>\n\n", "HTML") == ("hi", [{"offset": 0, "length": 2, "type": "bold"}])
 
@@ -269,9 +183,10 @@ def test_it_adds_command_and_url_entities_outside_code() -> None:
     ]
 
 
-def test_it_rejects_unknown_parse_modes() -> None:
+@pytest.mark.parametrize("mode", ["BBCode", "MarkdownV2", "Markdown"])
+def test_it_rejects_parse_modes_the_bot_does_not_use(mode: str) -> None:
     with pytest.raises(UnsupportedParseModeError):
-        format_text("x", "BBCode")
+        format_text("x", mode)
 
 
 def test_it_counts_utf16_code_units() -> None:
