@@ -19,6 +19,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -34,7 +35,7 @@ from core import claims
 from core.layer import OUTBOX_GROUP
 from core.models import OutboxMessage
 from telegram_app.markup import keyboard
-from telegram_app.rendering import FilePart, Rendered, render
+from telegram_app.rendering import FilePart, Rendered, draw_files, render
 from tg_rules.buckets import TokenBucket
 from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT
 
@@ -45,6 +46,9 @@ MERGE_SEPARATOR = "\n\n"
 # never holds the others up for long; the rest of its claimed rows go back to the queue.
 MESSAGES_PER_CHAT = 3
 PLAIN_CHUNKS_MAX = 3
+# Charts are drawn here, not on the thread every database call shares (database_sync_to_async):
+# drawing one takes a few hundred milliseconds, which would hold up every handler's queries.
+CHART_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
 
 
 class Outcome(enum.Enum):
@@ -238,8 +242,16 @@ class OutboxSender:
         if not rows:
             return 0
         per_chat = await database_sync_to_async(prepare)(rows)
+        await self._draw_charts(per_chat)
         await asyncio.gather(*(self._deliver_chat(items, stop) for items in per_chat.values()))
         return len(rows)
+
+    async def _draw_charts(self, per_chat: dict[int, list[Item]]) -> None:
+        loop = asyncio.get_running_loop()
+        for items in per_chat.values():
+            for item in items:
+                if any(part.draw is not None for part in item.rendered.files):
+                    item.rendered.files = await loop.run_in_executor(CHART_THREAD, draw_files, item.rendered.files)
 
     async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
         for later in items[MESSAGES_PER_CHAT:]:

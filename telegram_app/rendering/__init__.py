@@ -8,20 +8,41 @@ the latest state from the database.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.models import OutboxMessage
 from core.outbox import Buttons
 
-__all__ = ["Buttons", "FilePart", "Rendered", "render", "renderer"]
+__all__ = ["Buttons", "FilePart", "Rendered", "draw_files", "render", "renderer"]
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class FilePart:
     kind: str  # "photo" | "document"
     filename: str
-    data: bytes
+    data: bytes = b""
     caption: str = ""  # HTML, ≤ 1024 characters after parsing
+    # A chart still to draw (``telegram_app.charts``): rendering runs on the thread every
+    # database call shares, so it only says what to draw; the sender draws it elsewhere.
+    draw: Callable[[], bytes] | None = None
+
+
+def draw_files(files: list[FilePart]) -> list[FilePart]:
+    """``files`` with every chart drawn. A chart that cannot be drawn is left out: it is a
+    bonus, and must never cost the user the message it comes with."""
+    drawn = []
+    for part in files:
+        if part.draw is None:
+            drawn.append(part)
+            continue
+        try:
+            drawn.append(replace(part, data=part.draw(), draw=None))
+        except Exception:
+            logger.exception("could not draw %s; it is left out", part.filename)
+    return drawn
 
 
 @dataclass

@@ -7,6 +7,7 @@ database at send time, so coalesced progress rows always show the latest state.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -156,26 +157,27 @@ def _train(job: Job) -> Rendered:
 
 
 def _train_charts(result: dict[str, Any]) -> list[FilePart]:
-    """The charts of a training result; a chart that cannot be drawn never costs the user the metrics."""
+    """The charts of a training result, drawn later by the sender (``draw_files``); a result the
+    charts cannot be made of never costs the user the metrics."""
     try:
-        return _draw_train_charts(result)
+        return _chart_parts(result)
     except Exception:
-        logger.exception("could not draw the training charts")
+        logger.exception("could not make the training charts")
         return []
 
 
-def _draw_train_charts(result: dict[str, Any]) -> list[FilePart]:
+def _chart_parts(result: dict[str, Any]) -> list[FilePart]:
     files = []
     if result.get("feature_importance"):
-        files.append(FilePart("photo", "feature_importance.png", charts.feature_importance(result["feature_importance"]),
-                              caption="Feature importance"))
+        files.append(FilePart("photo", "feature_importance.png", caption="Feature importance",
+                              draw=partial(charts.feature_importance, result["feature_importance"])))
     matrix = result.get("confusion_matrix")
     if matrix and matrix.get("labels"):
-        files.append(FilePart("photo", "confusion_matrix.png",
-                              charts.confusion_matrix(matrix["labels"], matrix["matrix"]), caption="Confusion matrix"))
+        files.append(FilePart("photo", "confusion_matrix.png", caption="Confusion matrix",
+                              draw=partial(charts.confusion_matrix, matrix["labels"], matrix["matrix"])))
     if result.get("predicted_vs_actual"):
-        files.append(FilePart("photo", "predicted_vs_actual.png",
-                              charts.predicted_vs_actual(result["predicted_vs_actual"]), caption="Predicted vs actual"))
+        files.append(FilePart("photo", "predicted_vs_actual.png", caption="Predicted vs actual",
+                              draw=partial(charts.predicted_vs_actual, result["predicted_vs_actual"])))
     return files
 
 

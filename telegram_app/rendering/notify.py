@@ -20,11 +20,13 @@ from __future__ import annotations
 import html
 import logging
 import re
+from functools import partial
 from html.parser import HTMLParser
 from typing import Any
 
 from core.models import OutboxMessage
 from notifications.models import TrackedProcess
+from telegram_app.charts import metrics_over_time
 from telegram_app.formatting import duration, esc, number
 from telegram_app.rendering import FilePart, Rendered, renderer
 from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
@@ -442,14 +444,8 @@ def _chart(process: TrackedProcess) -> FilePart | None:
     series = [p for p in process.metric_series if isinstance(p, dict) and isinstance(p.get("values"), dict)]
     if len(series) < 2:
         return None
-    from telegram_app.charts import metrics_over_time
-
-    try:
-        png = metrics_over_time(series, title=clip(process.name, 60))
-    except Exception:  # a chart is a bonus; the message must still go
-        logger.warning("metrics chart of process %s failed", process.uuid, exc_info=True)
-        return None
-    return FilePart(kind="photo", filename="metrics.png", data=png, caption=caption(f"📈 {title(process)}"))
+    return FilePart(kind="photo", filename="metrics.png", caption=caption(f"📈 {title(process)}"),
+                    draw=partial(metrics_over_time, series, title=clip(process.name, 60)))
 
 
 def _finished(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:

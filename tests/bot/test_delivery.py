@@ -12,9 +12,11 @@ from channels.db import database_sync_to_async
 from telegram import Bot
 
 from accounts.models import Account
+from core import claims
 from core.claims import claim
 from core.models import OutboxMessage
 from core.outbox import FileToSend, enqueue
+from jobs.models import Job
 from telegram_app.delivery import OutboxSender, Pacer, prepare
 from tg_sandbox import SandboxThread
 from tg_sandbox.testing import SandboxDriver
@@ -200,6 +202,25 @@ def test_it_sends_files_after_the_text(sandbox, driver, chat):
     assert [bool(m.get("photo")) for m in messages] == [False, True, False]
     assert messages[1]["caption"] == "Loss" and messages[2]["document"]["file_name"] == "log.txt"
     assert user.download(messages[2]["document"]["file_id"]) == b"all good\n"
+
+
+def test_it_draws_charts_after_rendering_and_sends_the_result_without_a_chart_that_fails(sandbox, driver, chat):
+    user, account = chat
+    job = Job.objects.create(account=account, action=Job.Action.TRAIN, params={"model_type": "lightgbm"},
+                             state=Job.State.RUNNING)
+    job.succeed({"model_type": "lightgbm", "task_type": "regression", "metrics": {"r2": 0.5},
+                 "feature_importance": [{"feature": "sqft", "importance": 1.0}],
+                 "predicted_vs_actual": [["not a number", 1.5]]})
+    enqueue(account, kind=OutboxMessage.Kind.JOB, payload={"job_id": str(job.id)}, edit_key=job.edit_key)
+    [item] = prepare(claim("chart-test"))[account.chat_id]
+    assert [(f.filename, f.data, f.draw is not None) for f in item.rendered.files] == [
+        ("feature_importance.png", b"", True), ("predicted_vs_actual.png", b"", True)]  # nothing drawn yet
+    claims.release(item.message)
+    drain(make_sender(sandbox))
+    messages = user.bot_messages()
+    assert "Model trained" in messages[0]["text"] and "R²: 0.5" in messages[0]["text"]
+    assert [m.get("caption") for m in messages[1:]] == ["Feature importance"]  # the broken chart is left out
+    assert user.download(messages[1]["photo"][-1]["file_id"]).startswith(b"\x89PNG")
 
 
 def test_it_releases_claimed_rows_when_stopping(sandbox, driver, chat):

@@ -11,7 +11,7 @@ from core.models import OutboxMessage
 from core.outbox import FileToSend
 from notifications import services
 from notifications.models import TrackedProcess
-from telegram_app.rendering import _RENDERERS
+from telegram_app.rendering import _RENDERERS, draw_files
 from telegram_app.rendering.notify import (
     duration,
     format_process_tree,
@@ -169,7 +169,7 @@ def test_it_renders_a_success_with_runtime_memory_metrics_and_a_chart(key):
     rendered = render_process(rows(process, "finished")[0])
     assert rendered.text.startswith(f"✅ {process.tag_emoji} <b>train.py</b> finished in 1h 2m")
     assert "💾 peak 2.0 GB" in rendered.text and "📊 acc 0.9512 · loss 0.25" in rendered.text
-    [chart] = rendered.files
+    [chart] = draw_files(rendered.files)
     assert chart.kind == "photo" and chart.filename == "metrics.png" and chart.data.startswith(b"\x89PNG")
     assert utf16_len(chart.caption) <= 1024
 
