@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from accounts.models import Account
 from jobs.models import Job
+from telegram_app.models import BotState
 from tests.bot.scripted_worker import ScriptedWorker
 from workers.models import ConnectToken, Worker
 
@@ -109,14 +113,35 @@ def test_it_lets_the_user_try_another_path_after_a_refusal(running_bot, user, wo
     user.wait_for_message("This looks like regression")
 
 
+def saved_flow(user_id: int) -> tuple[object, object]:
+    """The conversation state and the /train answers the bot keeps for this user (``BotState``)."""
+    conversation = BotState.objects.filter(kind=BotState.Kind.CONVERSATION, name="flows",
+                                           key=json.dumps([user_id, user_id])).first()
+    user_data = BotState.objects.filter(kind=BotState.Kind.USER_DATA, key=str(user_id)).first()
+    return (conversation.data if conversation else None), (user_data.data or {}).get("train") if user_data else None
+
+
 def test_it_cancels_a_conversation(running_bot, user, worker):
     open_path_step(user)
+    assert wait_until(lambda: running_bot.call(saved_flow, user.user_id)[0] is not None)  # in the path step
     user.send("/cancel")
     user.wait_for_message("Cancelled")
     user.send("~/data/sales.csv")  # no longer a path step: nothing is submitted
     user.send("/help")
-    user.wait_for_message("/train")
+    user.wait_for_message("/train")  # updates are handled in order: the path was handled before this
+    assert running_bot.call(lambda: list(Job.objects.values_list("action", flat=True))) == []
+    assert wait_until(lambda: running_bot.call(saved_flow, user.user_id) == (None, None))
     assert [j["action"] for j in worker.jobs] == []
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` (the bot saves conversation state about once a second) until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)  # polling a condition with a deadline, not a fixed wait
+    return False
 
 
 def test_it_predicts_with_a_picked_model(running_bot, user, worker):

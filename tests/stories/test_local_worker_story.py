@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
+from jobs.models import Job
 from workers.models import Worker
 
 pytestmark = pytest.mark.e2e
@@ -110,5 +111,9 @@ def test_it_explains_a_path_the_worker_refuses(running_bot, user, home, connecte
     user.tap(labels(user.last_bot_message())[0])
     user.send("/etc/passwd")
     refusal = user.wait_for_message(predicate=lambda m: "failed" in text_of(m), timeout=30)
+    assert refusal["text"].startswith("❌ Reading the file failed\n\n/etc/passwd is outside the folders this "
+                                      f"worker may read ({home}")  # the worker's reason, as it gave it
     assert "Send another path" in refusal["text"]
     assert "root:" not in refusal["text"]
+    job = running_bot.call(lambda: Job.objects.get(action=Job.Action.DESCRIBE))
+    assert (job.state, job.error_code) == (Job.State.FAILED, "path_not_allowed")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -109,12 +113,52 @@ def test_it_rejects_files_over_the_size_limit(sw, data_root):
     assert code == "file_too_large" and "--max-file-size" in message
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads everything")
+def _as_unprivileged_user(check):
+    """``check()`` in a forked child that gave up root (root reads everything); returns what it returns."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to "nobody", run the check, report, and leave without cleanup
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            answer = check()
+        except BaseException as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, json.dumps(answer).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return answer
+
+
 def test_it_rejects_an_unreadable_file(sw, data_root):
-    f = data_root / "locked.csv"
-    f.write_text("x\n1\n")
-    f.chmod(0)
-    assert _code(sw, _check, sw, str(f), data_root)[0] == "unreadable"
+    if os.geteuid() != 0:
+        f = data_root / "locked.csv"
+        f.write_text("x\n1\n")
+        f.chmod(0)
+        assert _code(sw, _check, sw, str(f), data_root)[0] == "unreadable"
+        return
+    # As root (CI), in a folder the unprivileged child may enter, with a file it may not read.
+    root = Path(os.path.realpath(tempfile.mkdtemp(prefix="statsbot-unreadable-")))
+    try:
+        root.chmod(0o755)
+        f = root / "locked.csv"
+        f.write_text("x\n1\n")
+        f.chmod(0)
+
+        def check() -> str:
+            try:
+                _check(sw, str(f), root)
+            except sw.JobError as error:
+                return error.code
+            return "accepted"
+
+        assert _as_unprivileged_user(check) == "unreadable"
+    finally:
+        shutil.rmtree(root)
 
 
 def test_it_expands_the_home_folder(sw, monkeypatch, data_root):
