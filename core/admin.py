@@ -1,6 +1,9 @@
+from __future__ import annotations
+
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
@@ -55,7 +58,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             form.base_fields["text"].required = True
         return form
 
-    def get_inlines(self, request: HttpRequest, obj: OutboxMessage | None) -> list[type[AttachmentInline]]:
+    def get_inlines(self, request: HttpRequest, obj: OutboxMessage | None) -> list[type[InlineModelAdmin[Any, Any]]]:
         return [] if obj is None else list(self.inlines)
 
     def save_model(self, request: HttpRequest, obj: OutboxMessage, form: Any, change: bool) -> None:

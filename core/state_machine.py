@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db import models
 
@@ -20,6 +20,8 @@ class StateMachineModel(models.Model):
     """
 
     TRANSITIONS: ClassVar[dict[str, set[str]]] = {}
+    if TYPE_CHECKING:
+        state: str  # each subclass declares the field, with its choices
 
     class Meta:
         abstract = True
@@ -31,7 +33,9 @@ class StateMachineModel(models.Model):
         name = f"{self._meta.verbose_name} {self.pk}"
         if not self.can_move_to(new_state):
             raise InvalidTransition(f"{name} cannot go from {self.state} to {new_state}")
-        updated = type(self).objects.filter(pk=self.pk, state=self.state).update(state=new_state, **fields)
+        # ``state`` is each subclass's field, which the type checker cannot see on this base.
+        current: dict[str, Any] = {"state": self.state}
+        updated = type(self)._default_manager.filter(pk=self.pk, **current).update(**{"state": new_state}, **fields)
         if updated != 1:
             raise InvalidTransition(f"{name} changed state concurrently")
         self.state = new_state

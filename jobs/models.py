@@ -58,7 +58,7 @@ class Job(StateMachineModel):
 
     CONTEXT_PARAM = "_context"  # the key of ``params`` that holds the Context (never sent to the worker)
 
-    TRANSITIONS: dict[str, set[str]] = {
+    TRANSITIONS = {
         State.QUEUED: {State.DISPATCHED, State.CANCELLED, State.FAILED},
         State.DISPATCHED: {
             State.QUEUED,

@@ -33,7 +33,7 @@ class TrackedProcess(StateMachineModel):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
-    TRANSITIONS: dict[str, set[str]] = {
+    TRANSITIONS = {
         State.RUNNING: {State.STALLED, State.SUCCEEDED, State.FAILED, State.CANCELLED},
         State.STALLED: {State.RUNNING, State.SUCCEEDED, State.FAILED, State.CANCELLED},
         State.SUCCEEDED: set(),
@@ -93,7 +93,7 @@ class TrackedProcess(StateMachineModel):
 
     def heartbeat(
         self, *, done: int | None = None, total: int | None = None, metrics: dict[str, float] | None = None,
-        step: int | None = None,
+        step: float | None = None,
     ) -> bool:
         """Record a heartbeat; returns True when it brought a stalled process back."""
         if self.is_finished:

@@ -37,7 +37,7 @@ def job_ref(prefix: str, job_id: object, index: int | None = None) -> str:
     return data
 
 
-def parse_job_ref(data: str) -> tuple[str, str, int | None]:
+def parse_job_ref(data: str | None) -> tuple[str, str, int | None]:
     match = _JOB_REF.match(data or "")
     if not match:
         raise ValueError(f"not a job reference: {data!r}")

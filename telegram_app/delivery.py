@@ -306,9 +306,9 @@ class OutboxSender:
             await database_sync_to_async(claims.fail)(item.message, f"bad request: {exc.message}", item.merged_ids)
             return Outcome.DONE  # a broken row must not hold the chat's later messages back
         except (NetworkError, TelegramError) as exc:  # timeouts, 5xx, connection errors
-            delay = timedelta(seconds=min(300, 2 ** item.message.attempts))
-            logger.warning("outbox %s: %s; retrying in %ss", item.message.pk, exc, delay.seconds)
-            await database_sync_to_async(claims.retry)(item.message, f"{type(exc).__name__}: {exc}", delay,
+            backoff = timedelta(seconds=min(300, 2 ** item.message.attempts))
+            logger.warning("outbox %s: %s; retrying in %ss", item.message.pk, exc, backoff.seconds)
+            await database_sync_to_async(claims.retry)(item.message, f"{type(exc).__name__}: {exc}", backoff,
                                                        item.merged_ids)
         return Outcome.WAIT
 
@@ -387,6 +387,7 @@ class OutboxSender:
             sent = await self.bot.send_message(chat_id, chunk, reply_markup=markup if index == len(chunks) - 1 else None,
                                                disable_web_page_preview=True)
             first = first or sent.message_id
+        assert first is not None  # a text over the limit has at least one chunk
         return first
 
     async def _send_file(self, chat_id: int, part: FilePart) -> int:

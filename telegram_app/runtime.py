@@ -73,21 +73,21 @@ class BotRuntime:
         return f"http://{self.options.host}:{self.options.port}"
 
     async def start(self) -> None:
-        api_url, file_url = await self._telegram_urls()
-        self.application = self._build_application(api_url, file_url)
-        await self.application.initialize()
-        me = self.application.bot
+        application = self.application = self._build_application(await self._telegram_urls())
+        await application.initialize()
+        me = application.bot
         deep_link_base = f"{self.sandbox.url}/" if self.sandbox is not None else ""
         await database_sync_to_async(publish_bot)(
             username=settings.TELEGRAM_BOT_USERNAME or me.username, deep_link_base=deep_link_base
         )
         await me.set_my_commands(COMMANDS)
-        await self.application.start()
+        await application.start()
         if self.options.webhook:
-            await self._start_webhook_mode()
+            await self._start_webhook_mode(application)
         else:
-            await self.application.updater.start_polling(allowed_updates=["message", "callback_query"])
-        self.sender = OutboxSender(self.application.bot)
+            assert application.updater is not None  # built with one unless in webhook mode
+            await application.updater.start_polling(allowed_updates=["message", "callback_query"])
+        self.sender = OutboxSender(application.bot)
         self._tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="outbox-sender"))
         self._tasks.append(
             asyncio.create_task(run_sweeps(self.stop_event, self.options.sweep_interval), name="sweeps")
@@ -96,20 +96,21 @@ class BotRuntime:
             await self._start_web()
         logger.info("bot @%s running (%s)", me.username, "webhook" if self.options.webhook else "polling")
 
-    async def _telegram_urls(self) -> tuple[str | None, str | None]:
+    async def _telegram_urls(self) -> tuple[str, str] | None:
+        """The Bot API and file URLs: configured, the sandbox's, or None for the real Telegram."""
         if settings.TELEGRAM_API_URL:
             api = settings.TELEGRAM_API_URL
             return api, api[: -len("/bot")] + "/file/bot" if api.endswith("/bot") else api
         if not settings.TELEGRAM_USE_SANDBOX:
-            return None, None  # the real Telegram
+            return None  # the real Telegram
         self.sandbox = SandboxServer(token=settings.TELEGRAM_BOT_TOKEN, bot_username=settings.TELEGRAM_BOT_USERNAME)
         await self.sandbox.start(self.options.sandbox_host, self.options.sandbox_port)
         return self.sandbox.api_base_url, self.sandbox.file_base_url
 
-    def _build_application(self, api_url: str | None, file_url: str | None) -> Application:
+    def _build_application(self, urls: tuple[str, str] | None) -> Application:
         builder = ApplicationBuilder().token(settings.TELEGRAM_BOT_TOKEN).persistence(DjangoPersistence())
-        if api_url:
-            builder = builder.base_url(api_url).base_file_url(file_url)
+        if urls is not None:
+            builder = builder.base_url(urls[0]).base_file_url(urls[1])
         if self.options.webhook:
             builder = builder.updater(None)
         application = builder.build()
@@ -134,15 +135,15 @@ class BotRuntime:
                 raise RuntimeError(f"the web server on {self.web_url} stopped at start")
             await asyncio.sleep(0.05)
 
-    async def _start_webhook_mode(self) -> None:
+    async def _start_webhook_mode(self, application: Application) -> None:
         url = f"{public_url()}/telegram/webhook/"
-        await self.application.bot.set_webhook(
+        await application.bot.set_webhook(
             url, secret_token=settings.TELEGRAM_WEBHOOK_SECRET or None, allowed_updates=["message", "callback_query"]
         )
         logger.info("webhook set to %s", url)
-        self._tasks.append(asyncio.create_task(self._drain_webhook_updates(), name="webhook-updates"))
+        self._tasks.append(asyncio.create_task(self._drain_webhook_updates(application), name="webhook-updates"))
 
-    async def _drain_webhook_updates(self) -> None:
+    async def _drain_webhook_updates(self, application: Application) -> None:
         """Feed updates the webhook view stored into the application, oldest first; never stops on an error."""
         layer = get_channel_layer()
         channel = await layer.new_channel("updates.")
@@ -150,7 +151,7 @@ class BotRuntime:
         while not self.stop_event.is_set():
             try:
                 for row_id, data in await database_sync_to_async(_unprocessed_updates)():
-                    await self.application.update_queue.put(Update.de_json(data, self.application.bot))
+                    await application.update_queue.put(Update.de_json(data, application.bot))
                     await database_sync_to_async(_mark_processed)(row_id)
             except Exception:
                 logger.exception("webhook updates: a round failed; retrying")

@@ -31,6 +31,8 @@ class Overview:
 
 def _account_from_update(update: Update) -> tuple[Account, bool]:
     user, chat = update.effective_user, update.effective_chat
+    if user is None:  # every update the handlers take comes from a user
+        raise ValueError(f"update {update.update_id} has no user")
     return Account.from_telegram(
         user_id=user.id,
         chat_id=chat.id if chat else user.id,

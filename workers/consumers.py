@@ -92,16 +92,16 @@ def _authenticate(frame: protocol.AuthFrame) -> tuple[Worker, str | None, str | 
         previous = Worker.objects.live().filter(account=token.account).first()
         worker, credential = Worker.enroll(token.account, frame["machine"])
         return worker, credential, previous.channel_name if previous else None
-    worker = Worker.authenticate(frame["credential"])
-    if worker is None:
+    known = Worker.authenticate(frame["credential"])
+    if known is None:
         raise AuthRefused(
             CloseCode.REVOKED,
             "invalid_credential",
             "This machine's credential was revoked or replaced. Send /connect to the bot to connect it again.",
         )
-    old_channel = worker.channel_name or None
-    worker.update_machine(frame["machine"])
-    return worker, None, old_channel
+    old_channel = known.channel_name or None
+    known.update_machine(frame["machine"])
+    return known, None, old_channel
 
 
 def _connect(worker: Worker, channel_name: str) -> bool:
@@ -247,14 +247,21 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         Channel-layer groups expire (a day by default) and a ring can be lost, so rejoin the
         group, stop if the worker was revoked, and send whatever is queued for it.
         """
-        await self.channel_layer.group_add(worker_group(self.worker.account_id), self.channel_name)
-        if not await database_sync_to_async(Worker.objects.live().filter(pk=self.worker.pk).exists)():
+        worker = self._authenticated()
+        await self.channel_layer.group_add(worker_group(worker.account_id), self.channel_name)
+        if not await database_sync_to_async(Worker.objects.live().filter(pk=worker.pk).exists)():
             await self.worker_revoked(events.worker_revoked("revoked"))
             return
         await self.jobs_dispatch(events.jobs_dispatch())
 
+    def _authenticated(self) -> Worker:
+        """The worker of this connection: frames after ``auth`` only get here."""
+        if self.worker is None:
+            raise ProtocolError("auth_required", "The first frame must be 'auth'.")
+        return self.worker
+
     async def _own_job(self, job_id: str) -> Job:
-        job = await database_sync_to_async(jobs.job_for_worker)(self.worker, job_id)
+        job = await database_sync_to_async(jobs.job_for_worker)(self._authenticated(), job_id)
         if job is None:
             raise ProtocolError("unknown_job", "No such job for this worker.", job_id)
         return job
@@ -263,7 +270,7 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         now = time.monotonic()
         if now - self.last_seen_write > SEEN_WRITE_EVERY:
             self.last_seen_write = now
-            await database_sync_to_async(self.worker.mark_seen)()
+            await database_sync_to_async(self._authenticated().mark_seen)()
 
     # Events from the channel layer ------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -126,7 +127,7 @@ class Worker(models.Model):
         return self.revoked_at is None and bool(self.channel_name)
 
     @classmethod
-    def enroll(cls, account: Account, machine: dict[str, Any]) -> tuple[Worker, str]:
+    def enroll(cls, account: Account, machine: Mapping[str, Any]) -> tuple[Worker, str]:
         """A new live worker for ``account``, replacing the older one; returns it and its raw credential."""
         secret = new_secret("sbw")
         with transaction.atomic():
@@ -152,7 +153,7 @@ class Worker(models.Model):
         )
 
     @staticmethod
-    def machine_fields(machine: dict[str, Any]) -> dict[str, Any]:
+    def machine_fields(machine: Mapping[str, Any]) -> dict[str, Any]:
         """The model fields for what a worker reported about its machine (validated by the consumer)."""
         packages = machine.get("packages") or {}
         return {
@@ -173,7 +174,7 @@ class Worker(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
 
-    def update_machine(self, machine: dict[str, Any]) -> None:
+    def update_machine(self, machine: Mapping[str, Any]) -> None:
         self._update_if_live(**self.machine_fields(machine))
 
     def mark_connected(self, channel_name: str) -> bool:

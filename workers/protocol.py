@@ -133,7 +133,7 @@ def parse_auth(data: dict[str, Any]) -> AuthFrame:
     if token:
         frame["token"] = token
     else:
-        frame["credential"] = credential
+        frame["credential"] = secret
     return frame
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from telegram import Update
 from telegram.ext import (
+    BaseHandler,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -77,9 +78,9 @@ async def receive_path(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
     return ConversationHandler.END
 
 
-_PICKED = [
+_PICKED: list[BaseHandler[Update, Any, Any]] = [
     CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_PICK)),
     CallbackQueryHandler(pick_model, pattern=callbacks.pattern(callbacks.PREDICT_WITH)),
 ]
-ENTRY_POINTS = [CommandHandler("predict", begin), *_PICKED]
-STATES = {PICK: _PICKED, PATH: [MessageHandler(PATH_TEXT, receive_path)]}
+ENTRY_POINTS: list[BaseHandler[Update, Any, Any]] = [CommandHandler("predict", begin), *_PICKED]
+STATES: dict[object, list[BaseHandler[Update, Any, Any]]] = {PICK: _PICKED, PATH: [MessageHandler(PATH_TEXT, receive_path)]}

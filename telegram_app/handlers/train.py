@@ -11,6 +11,7 @@ from typing import Any
 
 from telegram import Update
 from telegram.ext import (
+    BaseHandler,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -66,9 +67,9 @@ async def choose_local(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
     return PATH
 
 
-def check_path(text: str) -> str:
+def check_path(text: str | None) -> str:
     """A first look at a typed path; the worker makes the real checks on its machine."""
-    path = text.strip().strip("'\"")
+    path = (text or "").strip().strip("'\"")
     if not path:
         return "That is empty. Send the path of a file on your machine."
     if len(path) > MAX_PATH or "\x00" in path or "\n" in path:
@@ -193,8 +194,8 @@ async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     return ConversationHandler.END
 
 
-ENTRY_POINTS = [CommandHandler("train", begin)]
-STATES = {
+ENTRY_POINTS: list[BaseHandler[Update, Any, Any]] = [CommandHandler("train", begin)]
+STATES: dict[object, list[BaseHandler[Update, Any, Any]]] = {
     SOURCE: [CallbackQueryHandler(choose_local, pattern=f"^{callbacks.TRAIN_LOCAL}$")],
     PATH: [MessageHandler(PATH_TEXT, receive_path)],
     TARGET: [

@@ -37,7 +37,7 @@ MODEL_NAMES = {
 TARGET_BUTTONS = 40
 # Jobs a user waits for: their outcome arrives as a new message, which notifies the phone.
 LONG_ACTIONS = {Job.Action.TRAIN, Job.Action.PREDICT}
-RETRY_HINTS = {
+RETRY_HINTS: dict[str, str] = {
     Job.Context.DESCRIBE: "Send another path, or /cancel.",
     Job.Context.PREDICT: "Send /predict to try again.",
     Job.Context.TRAIN: "Send /train to try again.",
@@ -49,7 +49,7 @@ def render_job(message: OutboxMessage) -> Rendered:
     job = Job.objects.select_related("worker").filter(pk=message.payload.get("job_id")).first()
     if job is None:
         return Rendered(text="This job no longer exists.")
-    rendered = SUCCESS[job.action](job) if job.state == Job.State.SUCCEEDED else render_unfinished(job)
+    rendered = SUCCESS[Job.Action(job.action)](job) if job.state == Job.State.SUCCEEDED else render_unfinished(job)
     if job.is_finished and job.action in LONG_ACTIONS:
         emoji, title = _title(job)
         rendered.replace_with = f"{emoji} {bold(title)} — {job.state}, see below."

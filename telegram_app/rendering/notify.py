@@ -371,9 +371,9 @@ def _attachments(message: OutboxMessage, fallback_caption: str) -> list[FilePart
 @renderer(OutboxMessage.Kind.NOTIFY)
 def render_notify(message: OutboxMessage) -> Rendered:
     payload = message.payload or {}
-    level = payload.get("level") if payload.get("level") in LEVEL_EMOJI else "info"
-    fmt = payload.get("format") or "text"
-    text = payload.get("text") if isinstance(payload.get("text"), str) else ""
+    level = str(payload["level"]) if payload.get("level") in LEVEL_EMOJI else "info"
+    fmt = str(payload.get("format") or "text")
+    text = payload["text"] if isinstance(payload.get("text"), str) else ""
     process = None
     if payload.get("process_uuid"):
         process = (TrackedProcess.objects.select_related("parent")
@@ -511,10 +511,10 @@ def render_process(message: OutboxMessage) -> Rendered:
     payload = message.payload or {}
     event = _EVENTS.get(payload.get("event", ""))
     process = None
-    if event is not None:
+    if event is not None and payload.get("uuid"):
         process = (TrackedProcess.objects.select_related("parent")
-                   .filter(uuid=payload.get("uuid"), account_id=message.account_id).first())
-    if process is None:
+                   .filter(uuid=payload["uuid"], account_id=message.account_id).first())
+    if event is None or process is None:
         return Rendered(text=f"⚠️ a tracked process ({esc(clip(str(payload.get('uuid')), 40))}) is no longer known.")
     return event(process, payload)
 

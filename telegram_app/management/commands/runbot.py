@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -34,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--sandbox-port", type=int, default=8081,
                             help="Port of the Telegram sandbox and its web chat (default 8081).")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         migrate = settings.DEBUG if options["migrate"] is None else options["migrate"]
         if options["webhook"] and not settings.TELEGRAM_WEBHOOK_SECRET:
             raise CommandError("--webhook needs TELEGRAM_WEBHOOK_SECRET (and an https PUBLIC_URL).")
