@@ -108,3 +108,18 @@ def test_it_reads_lazy_imports_too(tmp_path):
     source = tmp_path / "sample.py"
     source.write_text("def f():\n    from workers.models import Worker\n", encoding="utf-8")
     assert list(imported_modules(source)) == [(2, "workers.models")]
+
+
+def test_no_module_assigns_to_settings():
+    """What a process learns while it runs lives in core.site, never in django.conf.settings."""
+    assignments = []
+    for package in [*SERVER_APPS, "statsbot_site"]:
+        for path in python_files(package):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else [])
+                for target in targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id == "settings":
+                        assignments.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert assignments == []

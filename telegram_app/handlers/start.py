@@ -93,7 +93,8 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def _pending_pairing(code_: str) -> PairingRequest | None:
-    return PairingRequest.objects.filter(code=code_.removeprefix("pair_")[:16], state="pending").first()
+    code_ = code_.removeprefix("pair_")[:16]
+    return PairingRequest.objects.filter(code=code_, state=PairingRequest.State.PENDING).first()
 
 
 async def pair(update: Update, code_: str) -> None:
