@@ -268,3 +268,12 @@ def test_it_queues_concurrent_retries_of_one_batch_once(issued_key):
     answers = {tuple(r["body"]["message_id"] for r in answer["results"]) for _, answer in results}
     assert len(answers) == 1  # every request got the same ten messages
     assert OutboxMessage.objects.count() == 10
+
+
+def test_it_costs_a_bounded_number_of_queries_per_message(api, django_assert_max_num_queries):
+    api.post(BATCH, {"messages": [item("warm up")]})  # the key's counters exist from here on
+    with django_assert_max_num_queries(20 + 3 * 10):
+        assert api.post(BATCH, {"messages": [item(f"plain {n}") for n in range(10)]}).json()["queued"] == 10
+    with django_assert_max_num_queries(20 + 10 * 10):  # an idempotency record claimed per message
+        keyed = [item(f"keyed {n}", idempotency_key=f"k{n}") for n in range(10)]
+        assert api.post(BATCH, {"messages": keyed}).json()["queued"] == 10
