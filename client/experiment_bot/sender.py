@@ -507,7 +507,7 @@ class Sender:
             if self.spool is not None
             else "spooled"
         )
-        problem = self._problem or f"{self.transport.server} did not answer"
+        problem = self._problem or f"{self.transport.server} was still busy with earlier messages"
         log.warning(
             "experiment_bot: %d message(s) not delivered %s (within %.1f s; %s). %d sent, %d %s, %d dropped%s",
             spooled + lost,
