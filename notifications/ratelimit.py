@@ -3,6 +3,10 @@
 Per API key: fixed windows of 30 requests per 10 s and 600 per hour (``RateCounter`` rows,
 incremented with ``F("count") + 1``). Per client IP, for ``POST /api/register`` (no key yet):
 at most 20 pending pairings started in the last 10 minutes.
+
+Per API key, for notifications (both forms of ``POST /api/notify``): a budget of messages and
+bytes per minute (``spend``), so a batch, which counts once against the request windows, is
+still bounded by what it carries.
 """
 
 from __future__ import annotations
@@ -67,6 +71,38 @@ def hit(api_key: ApiKey, now: datetime | None = None) -> Decision:
                 refusal = Decision(allowed=False, retry_after=retry_after, limit=window.limit, window=window.name)
     if not refusal.allowed:
         logger.info("rate limit: key %s over %s/%s", api_key.prefix, refusal.limit, refusal.window)
+    return refusal
+
+
+# ---------------------------------------------------------------------------------- budgets
+
+# Per key and minute, for notifications: ``Window.limit`` is in messages or in bytes. A batch
+# of 100 and a 10 MiB file both fit in an empty window.
+MESSAGES_PER_MINUTE = Window("1m-messages", 60, 600)
+BYTES_PER_MINUTE = Window("1m-bytes", 60, 32 * 1024 * 1024)
+
+
+def spend(api_key: ApiKey, *, messages: int, size: int, now: datetime | None = None) -> Decision:
+    """Charge ``messages`` notifications of ``size`` bytes in all to ``api_key``'s minute budgets.
+
+    Refused (nothing to retry but later) when either budget would be exceeded; the caller runs
+    this inside the request's transaction, so a refused request rolls its charge back.
+    """
+    now = now or timezone.now()
+    refusal = Decision(allowed=True)
+    for window, amount in ((MESSAGES_PER_MINUTE, messages), (BYTES_PER_MINUTE, size)):
+        start = window_start(now, window.seconds)
+        counter, _ = RateCounter.objects.get_or_create(
+            api_key=api_key, window=window.name, window_start=start, defaults={"count": 0}
+        )
+        RateCounter.objects.filter(pk=counter.pk).update(count=F("count") + amount)
+        count = RateCounter.objects.filter(pk=counter.pk).values_list("count", flat=True).first() or 0
+        if count > window.limit:
+            retry_after = max(1, math.ceil((start + timedelta(seconds=window.seconds) - now).total_seconds()))
+            if retry_after > refusal.retry_after:
+                refusal = Decision(allowed=False, retry_after=retry_after, limit=window.limit, window=window.name)
+    if not refusal.allowed:
+        logger.info("rate limit: key %s over its %s budget of %s", api_key.prefix, refusal.window, refusal.limit)
     return refusal
 
 

@@ -46,6 +46,14 @@ RATE_LIMITED = {
     "content": {"application/json": {"schema": _ref("Error")}},
 }
 
+NOTIFY_RATE_LIMITED = {
+    "description": "Rate limited: 30 requests per 10 s and 600 per hour per key (a batch is one request), "
+                   "and for notifications 600 messages and 32 MiB per minute per key. Nothing was queued; "
+                   "retry after `Retry-After` seconds.",
+    "headers": RATE_LIMITED["headers"],
+    "content": RATE_LIMITED["content"],
+}
+
 KEYED_ERRORS = {
     "400": _error("Invalid input; the message names the field."),
     "401": _error("Missing, invalid or revoked key (`missing_key`, `invalid_key`, `revoked_key`)."),
@@ -154,6 +162,54 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["message_id", "status"],
         "properties": {"message_id": {"type": "integer"}, "status": {"const": "queued"}},
+    },
+    "NotifyBatchRequest": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": _ref("NotifyBatchItem"),
+                "description": "At most 100 messages, and the whole body at most 256 KiB.",
+            },
+        },
+    },
+    "NotifyBatchItem": {
+        "allOf": [_ref("NotifyRequest")],
+        "properties": {
+            "idempotency_key": {
+                "type": ["string", "null"], "minLength": 1, "maxLength": 128,
+                "description": "This message's own `Idempotency-Key` (1-128 visible ASCII characters, a UUID "
+                               "is ideal), shared with the single form: a message first sent alone with this "
+                               "key, or in an earlier batch, is answered again (`replayed`), not queued twice.",
+            },
+        },
+    },
+    "NotifyBatchResponse": {
+        "type": "object",
+        "required": ["results", "queued", "rejected"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("NotifyBatchResult"),
+                        "description": "One per message, in the order sent."},
+            "queued": {"type": "integer", "description": "Results with status 202 (replays included)."},
+            "rejected": {"type": "integer", "description": "The other results."},
+        },
+    },
+    "NotifyBatchResult": {
+        "type": "object",
+        "required": ["status", "body"],
+        "description": "What `POST /api/notify` would have answered this message alone.",
+        "properties": {
+            "status": {"type": "integer", "description": "202 queued; 400 invalid (`body.error` names the "
+                                                        "field); 409 its idempotency key is in use "
+                                                        "(`request_in_progress`: retry it) or belongs to "
+                                                        "another endpoint."},
+            "body": {"oneOf": [_ref("NotifyResponse"), _ref("Error")]},
+            "replayed": {"type": "boolean", "description": "Present (true) when its idempotency key was "
+                                                           "seen before: the first answer, nothing new queued."},
+        },
     },
     "StartRequest": {
         "type": "object",
@@ -271,7 +327,35 @@ PATHS: dict[str, Any] = {
                     "multipart/form-data": {"schema": _ref("NotifyMultipart")},
                 },
             },
-            "responses": {"202": _ok("Queued.", "NotifyResponse"), **KEYED_ERRORS},
+            "responses": {"202": _ok("Queued.", "NotifyResponse"), **KEYED_ERRORS, "429": NOTIFY_RATE_LIMITED},
+        }
+    },
+    "/api/notify/batch": {
+        "post": {
+            "operationId": "notifyBatch",
+            "summary": "Queue up to 100 messages (no files) in one request, in one transaction.",
+            "description": "The batch form of `POST /api/notify`: each item is the single form's JSON body plus "
+                           "its own optional `idempotency_key`, and is answered, in order, with what the single "
+                           "form would have answered it (`status` and `body`). A bad item is answered 400 in "
+                           "its place; the others are queued. The batch counts as one request against the "
+                           "request limits and by its messages and bytes against the per-minute notification "
+                           "budget; when that is exhausted nothing is queued (429). Messages with files go "
+                           "one per request to `POST /api/notify`.",
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": _json_body("NotifyBatchRequest", {"messages": [
+                {"text": "epoch 1: loss 0.52", "level": "info", "format": "text", "process_id": EXAMPLE_UUID,
+                 "metadata": {"host": "gpu-box", "script": "train.py"},
+                 "idempotency_key": "2b1e9c4e-7d0f-4a8e-9a51-3c6f0e2d7b10"},
+                {"text": "*epoch 2*: loss 0.31", "level": "success", "format": "markdown", "process_id": None,
+                 "metadata": {}, "idempotency_key": "9f3a7c21-5e4b-4d6a-8b2c-1a0e9d8c7f65"},
+            ]}),
+            "responses": {
+                "200": _ok("Each message answered (see `results`).", "NotifyBatchResponse"),
+                **KEYED_ERRORS,
+                "400": _error("Not a batch: `messages` missing, not a list or empty."),
+                "413": _error("More than 100 messages (`too_many_messages`), or a body over 256 KiB."),
+                "429": NOTIFY_RATE_LIMITED,
+            },
         }
     },
     "/api/processes/start": {

@@ -11,6 +11,7 @@ urlpatterns = [
     path("register/<str:code>", views.register_poll, name="register-poll"),
     path("validate", views.validate, name="validate"),
     path("notify", views.notify, name="notify"),
+    path("notify/batch", views.notify_batch, name="notify-batch"),
     path("processes/start", views.start_process, name="process-start"),
     path("heartbeat", views.heartbeat, name="heartbeat"),
     path("processes/finish", views.finish_process, name="process-finish"),

@@ -112,6 +112,8 @@ class ExperimentBot:
     def _get_sender(self) -> Sender:
         with self._sender_lock:
             if self._sender is None:
+                from .spool import Spool
+
                 transport = Transport(self.settings.server, self.settings.api_key, timeout=self._timeout)
                 self._sender = Sender(
                     transport,
@@ -119,6 +121,7 @@ class ExperimentBot:
                     flush_timeout=self.settings.flush_timeout,
                     base_delay=self._retry[0],
                     max_delay=self._retry[1],
+                    spool=Spool(self.settings.server, self.settings.api_key or ""),
                 )
             return self._sender
 
@@ -409,21 +412,23 @@ class ExperimentBot:
         return done
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the background thread; the bot sends nothing afterwards."""
+        """Flush, then stop the background thread; the bot sends nothing afterwards. What
+        could not be sent within ``timeout`` goes to the spool (sent by the next process)."""
         if self._sender is None:
             return True
         return self._sender.close(timeout)
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: ``delivered``, ``dropped`` and ``pending`` messages."""
+        """Message counters of this process: ``sent`` (accepted by the server; ``delivered``
+        is the same number, its older name), ``spooled`` (written to the local spool for a
+        later process), ``dropped`` (given up on), ``pending`` (queued or in flight) and
+        ``from_spool`` (messages of earlier runs this process took from the spool)."""
         if self._sender is None:
-            return {"delivered": 0, "dropped": 0, "pending": 0}
-        return {
-            "delivered": self._sender.delivered,
-            "dropped": self._sender.dropped,
-            "pending": self._sender.pending(),
-        }
+            counts = {"sent": 0, "spooled": 0, "dropped": 0, "pending": 0, "from_spool": 0}
+        else:
+            counts = self._sender.counts()
+        return {"delivered": counts["sent"], **counts}
 
     def validate(self) -> dict[str, Any]:
         """Check the key now (synchronous ``GET /api/validate``); raises ApiError / TransportError."""

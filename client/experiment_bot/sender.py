@@ -11,6 +11,15 @@ try a cheap ``GET /api/validate`` tells the two cases apart: if the server answe
 message is tried once more at once, and if that fails too the failure is about this message,
 which is dropped (logged, counted) so the rest can go; if the probe fails too, the whole
 server is unwell and the message is kept like in any outage (probed again on each failure).
+
+Batching: plain notifications (no file) waiting next to each other at the head of the queue
+go out together as one ``POST /api/notify/batch`` (up to 100 messages or ~240 KB); the server
+answers each item as the single form would, so each keeps its own idempotency key and its own
+fate. A server without the batch form (404/405) gets them one by one from then on.
+
+Spool: whatever is still queued when the exit flush runs out of time (or ``close()`` is called)
+is written to the local spool (see :mod:`experiment_bot.spool`) with its idempotency keys, and
+sent by the next process with the same server and key (or ``python -m experiment_bot flush``).
 """
 
 from __future__ import annotations
@@ -23,10 +32,15 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ApiError, TransportError
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .spool import Spool
 
 log = logging.getLogger("experiment_bot")
 
@@ -44,12 +58,32 @@ MAX_FAILING_SECONDS = 600.0
 DEFAULT_FILE_BUDGET = 64 * 2**20
 #: While a flush waits (e.g. at exit), failed deliveries are retried at least this often.
 HURRY_DELAY = 0.25
+#: The batch form of ``POST /api/notify``: at most this many messages and bytes per request
+#: (the server takes 100 messages and a 256 KiB body).
+BATCH_PATH = "/api/notify/batch"
+MAX_BATCH = 100
+BATCH_BYTES = 240 * 1024
+#: Statuses of the batch request that mean "this server has no batch form": send one by one.
+NO_BATCH_FORM = (404, 405)
 
 
 class Envelope:
     """One POST to deliver, with its idempotency key (reused on every retry)."""
 
-    __slots__ = ("path", "body", "kind", "priority", "file", "key", "coalesce", "prepare", "extra_fields")
+    __slots__ = (
+        "path",
+        "body",
+        "kind",
+        "priority",
+        "file",
+        "key",
+        "coalesce",
+        "prepare",
+        "extra_fields",
+        "from_spool",
+        "reported",
+        "size",
+    )
 
     def __init__(
         self,
@@ -74,6 +108,9 @@ class Envelope:
         self.prepare = prepare
         # Fields added beyond the documented body; stripped and retried once if the server says 400.
         self.extra_fields: list[str] = []
+        self.from_spool = False  # loaded from an earlier process's spool
+        self.reported = 0  # dropped updates this message reports (metadata.dropped_updates)
+        self.size = 0  # encoded size of the body, once prepared
 
     def __repr__(self) -> str:
         return f"<Envelope {self.kind} {self.path} key={self.key}>"
@@ -148,13 +185,15 @@ def _flush_all_at_exit() -> None:
             callback()
         except Exception:
             log.debug("experiment_bot: exit callback failed", exc_info=True)
-    senders = [sender for sender in list(_senders) if sender.pending()]
-    if not senders:
-        return
-    # One shared deadline: several bots never add up their flush timeouts.
-    deadline = time.monotonic() + max(sender.flush_timeout for sender in senders)
+    senders = [sender for sender in list(_senders) if sender.active_in_this_process()]
+    busy = [sender for sender in senders if sender.pending()]
+    if busy:
+        # One shared deadline: several bots never add up their flush timeouts.
+        deadline = time.monotonic() + max(sender.flush_timeout for sender in busy)
+        for sender in busy:
+            sender.flush(max(0.0, deadline - time.monotonic()))
     for sender in senders:
-        sender.flush_at_exit(max(0.0, deadline - time.monotonic()))
+        sender.finish_at_exit()
 
 
 _mp_registered_pid = 0
@@ -201,6 +240,7 @@ class Sender:
         max_attempts: int = MAX_ATTEMPTS,
         max_failing_seconds: float = MAX_FAILING_SECONDS,
         file_budget: int = DEFAULT_FILE_BUDGET,
+        spool: Spool | None = None,
     ) -> None:
         self.transport = transport
         self.maxsize = max(1, int(maxsize))
@@ -210,8 +250,11 @@ class Sender:
         self.max_attempts = max(2, int(max_attempts))
         self.max_failing_seconds = max_failing_seconds
         self.file_budget = file_budget
-        self.delivered = 0
-        self.dropped = 0
+        self.spool = spool
+        self.delivered = 0  # messages the server accepted (replays of earlier attempts included)
+        self.dropped = 0  # messages given up on (refused, or dropped by the bounded queue)
+        self.spooled = 0  # messages written to the spool for a later process
+        self.from_spool = 0  # messages loaded from an earlier process's spool
         self._init_state()
         _senders.add(self)
         _install_process_hooks()
@@ -219,28 +262,40 @@ class Sender:
     def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Envelope] = deque()
-        self._inflight: Envelope | None = None
+        self._inflight: list[Envelope] = []
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
         self._stop = False
+        self._finished = False  # the exit flush ran
+        self._abandoned = False  # what was pending went to the spool: late outcomes are ignored
         self._hurry = 0
         self._degraded = False
         self._key_rejected = False
+        self._batch_form = True  # False once the server showed it has no batch form
         self._unreported_drops = 0
         self._errors: list[str] = []
         self._logged: set[Any] = set()
         self._drop_episode = False
         self._file_episode = False
+        self._spool_loaded = False  # the spool was read once at start
+        self._spool_more = False  # files were left in the spool: read more once the queue drains
+        self._spool_claims: list[Path] = []
+        self._problem = ""  # the last reason a delivery failed (for the exit line)
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def degraded(self) -> bool:
+        """True while the server is failing (unreachable, 5xx, rate limiting)."""
+        return self._degraded
 
     def put(self, envelope: Envelope) -> bool:
         """Queue a message; never blocks on the network. False when it was refused."""
         if self._pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork on 3.6)
             self.reset_after_fork()
         with self._cond:
-            if self._closed or self._key_rejected:
+            if self._closed or self._key_rejected or self._abandoned:
                 return False
             if envelope.coalesce is not None and self._degraded and self._coalesce(envelope):
                 self._cond.notify_all()
@@ -256,7 +311,18 @@ class Sender:
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + (1 if self._inflight is not None else 0)
+            return len(self._queue) + len(self._inflight)
+
+    def counts(self) -> dict[str, int]:
+        """``sent`` / ``spooled`` / ``dropped`` / ``pending`` / ``from_spool`` (one consistent snapshot)."""
+        with self._cond:
+            return {
+                "sent": self.delivered,
+                "spooled": self.spooled,
+                "dropped": self.dropped,
+                "pending": len(self._queue) + len(self._inflight),
+                "from_spool": self.from_spool,
+            }
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is delivered or dropped; False on timeout."""
@@ -265,7 +331,7 @@ class Sender:
             self._hurry += 1
             self._cond.notify_all()
             try:
-                while self._queue or self._inflight is not None:
+                while self._queue or self._inflight or (self._spool_more and not self._stop):
                     if self._thread is None or not self._thread.is_alive():
                         if not self._ensure_thread():
                             return False
@@ -277,34 +343,101 @@ class Sender:
             finally:
                 self._hurry -= 1
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Flush (bounded by ``timeout``), then stop the thread; later messages are refused."""
+    def load_spool(self) -> int:
+        """Claim the spool of this server and key now and queue its messages ahead of newer
+        ones; returns how many. (The sender thread does this by itself when it starts.)"""
+        with self._cond:
+            self._spool_loaded = True
+        return self._load_spool()
+
+    def close(self, timeout: float | None = None, *, report: bool = True) -> bool:
+        """Flush (bounded by ``timeout``), then stop the thread; later messages are refused.
+        What could not be sent in time is written to the spool (and said, unless ``report``
+        is False)."""
         done = self.flush(timeout)
         with self._cond:
             self._closed = True
             self._stop = True
             thread = self._thread
             self._cond.notify_all()
+        spooled, lost = self.spool_pending()
+        if (spooled or lost) and report:
+            self._log_leftovers("at close", spooled, lost, timeout if timeout is not None else self.flush_timeout)
+        self._release_claims()
         if thread is not None and thread is not threading.current_thread():
             thread.join(0.5)
         return done
 
+    def active_in_this_process(self) -> bool:
+        return self._pid == os.getpid() and not self._closed and not self._finished
+
     def flush_at_exit(self, timeout: float | None = None) -> None:
-        if self._pid != os.getpid() or self._closed:
+        """Flush for at most ``timeout``, then spool what is left and say so (the exit line)."""
+        if not self.active_in_this_process():
             return
-        if not self.pending():
+        if self.pending():
+            self.flush(self.flush_timeout if timeout is None else timeout)
+        self.finish_at_exit()
+
+    def finish_at_exit(self) -> None:
+        """After the exit flush: stop the thread, spool what is still pending, print the exit line."""
+        if not self.active_in_this_process():
             return
-        timeout = self.flush_timeout if timeout is None else timeout
-        if not self.flush(timeout):
-            log.warning(
-                "experiment_bot: %d message(s) not delivered before exit: %s did not answer within %.1f s",
-                self.pending(),
-                self.transport.server,
-                timeout,
-            )
+        self._finished = True
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        spooled, lost = self.spool_pending()
+        self._release_claims()
+        if spooled or lost:
+            self._log_leftovers("before exit", spooled, lost, self.flush_timeout)
+        else:
+            counts = self.counts()
+            if counts["dropped"]:
+                log.warning(
+                    "experiment_bot: %d message(s) sent, %d dropped (see the warnings above)",
+                    counts["sent"],
+                    counts["dropped"],
+                )
+            elif counts["sent"]:
+                log.info("experiment_bot: %d message(s) sent", counts["sent"])
+
+    def spool_pending(self) -> tuple[int, int]:
+        """Write every pending message to the spool; returns (spooled, lost). The thread's late
+        outcomes for them are ignored afterwards (a message both delivered and spooled is
+        only replayed later: the server knows its idempotency key)."""
+        with self._cond:
+            envelopes = [*self._inflight, *self._queue]
+            self._queue.clear()
+            self._inflight = []
+            self._abandoned = True
+            self._cond.notify_all()
+        if not envelopes:
+            return 0, 0
+        from .spool import envelope_to_item
+
+        items = []
+        for envelope in envelopes:
+            self._prepare_one(envelope)
+            items.append(envelope_to_item(envelope))
+        path = None
+        if self.spool is not None:
+            try:
+                path = self.spool.write(items)
+            except Exception:  # never let the spool break the exit
+                log.debug("experiment_bot: writing the spool failed", exc_info=True)
+        with self._cond:
+            if path is None:
+                # Messages read from an earlier spool stay in their claimed files (forgotten
+                # here, so never deleted: taken over once this process is gone); the rest is lost.
+                self._spool_claims = []
+                lost = sum(1 for envelope in envelopes if not envelope.from_spool)
+                self.dropped += lost
+                self.spooled += len(envelopes) - lost
+                return len(envelopes) - lost, lost
+            self.spooled += len(envelopes)
+        self._release_claims()
+        return len(envelopes), 0
 
     def take_errors(self) -> list[str]:
         """Descriptions of messages dropped since the last call (used by strict mode)."""
@@ -315,6 +448,78 @@ class Sender:
     def reset_after_fork(self) -> None:
         """The child of a fork starts with an empty queue and no thread (the parent sends its own)."""
         self._init_state()
+        self.delivered = self.dropped = self.spooled = self.from_spool = 0
+
+    # ------------------------------------------------------------------ spool
+
+    def _load_spool(self) -> int:
+        if self.spool is None:
+            return 0
+        from .spool import item_to_envelope
+
+        try:
+            claimed, items, more = self.spool.claim(limit=max(1, self.maxsize // 2))
+        except Exception:
+            log.warning("experiment_bot: reading the spool in %s failed", self.spool.dir, exc_info=True)
+            with self._cond:
+                self._spool_more = False
+            return 0
+        envelopes = []
+        for item in items:
+            try:
+                envelopes.append(item_to_envelope(item))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("experiment_bot: skipped a malformed message in the spool (%s)", exc)
+        with self._cond:
+            if self._abandoned:  # stopping: the claims are taken over once this process is gone
+                self._spool_more = False
+                return 0
+            self._spool_claims.extend(claimed)
+            self._spool_more = more
+            self._queue.extendleft(reversed(envelopes))
+            self.from_spool += len(envelopes)
+            if envelopes:
+                self._ensure_thread()
+            self._cond.notify_all()
+        if envelopes:
+            log.info(
+                "experiment_bot: sending %d message(s) an earlier run left in the spool %s",
+                len(envelopes),
+                self.spool.display(),
+            )
+        return len(envelopes)
+
+    def _release_claims(self) -> None:
+        """Delete the claimed spool files once nothing loaded from them is pending."""
+        with self._cond:
+            if self._queue or self._inflight or not self._spool_claims:
+                return
+            claims, self._spool_claims = self._spool_claims, []
+        from .spool import Spool
+
+        Spool.release(claims)
+
+    def _log_leftovers(self, when: str, spooled: int, lost: int, timeout: float) -> None:
+        counts = self.counts()
+        where = (
+            f"spooled to {self.spool.display()} (sent by the next script using this key, or "
+            "`python -m experiment_bot flush`)"
+            if self.spool is not None
+            else "spooled"
+        )
+        problem = self._problem or f"{self.transport.server} was still busy with earlier messages"
+        log.warning(
+            "experiment_bot: %d message(s) not delivered %s (within %.1f s; %s). %d sent, %d %s, %d dropped%s",
+            spooled + lost,
+            when,
+            timeout,
+            problem,
+            counts["sent"],
+            counts["spooled"],
+            where,
+            counts["dropped"],
+            f" ({lost} could not be written to the spool)" if lost else "",
+        )
 
     # ------------------------------------------------------------------ queue policy (lock held)
 
@@ -343,7 +548,7 @@ class Sender:
         return False
 
     def _queued_file_bytes(self) -> int:
-        envelopes = [*self._queue, self._inflight] if self._inflight is not None else self._queue
+        envelopes = [*self._queue, *self._inflight]
         return sum(len(envelope.file[1]) for envelope in envelopes if envelope.file is not None)
 
     def _check_file_budget(self, envelope: Envelope) -> None:
@@ -387,6 +592,9 @@ class Sender:
                 self.transport.server,
             )
 
+    def _batchable(self, envelope: Envelope) -> bool:
+        return self._batch_form and envelope.path == "/api/notify" and envelope.file is None
+
     def _ensure_thread(self) -> bool:
         if self._thread is not None and self._thread.is_alive():
             return True
@@ -405,31 +613,55 @@ class Sender:
     # ------------------------------------------------------------------ sender thread
 
     def _run(self) -> None:
+        with self._cond:
+            first_start = not self._spool_loaded
+            self._spool_loaded = True
+        if first_start:
+            self._load_spool()
         while True:
             with self._cond:
                 while not self._queue and not self._stop:
+                    if self._spool_more and not self._inflight:
+                        break
                     self._cond.wait()
                 if self._stop:
                     self._thread = None
                     self._cond.notify_all()
                     return
+                # The spool holds more and what was read of it is sent: read the next part (it
+                # goes ahead of newer messages, like the first part).
+                more_spool = self._spool_more and not any(
+                    envelope.from_spool for envelope in (*self._queue, *self._inflight)
+                )
+            if more_spool:
+                self._release_claims()
+                self._load_spool()
+                continue
+            with self._cond:
                 envelope = self._queue.popleft()
-                self._inflight = envelope
-                reported = self._attach_drop_report(envelope)
+                self._inflight = [envelope]
+                envelope.reported = self._attach_drop_report(envelope)
+            group = [envelope]
             try:
-                delivered = self._deliver(envelope)
+                self._deliver(group)
             except Exception:  # a bug must never kill the thread
                 log.exception("experiment_bot: unexpected error while sending %s; dropped", envelope.kind)
-                delivered = False
+                with self._cond:
+                    if not self._abandoned:
+                        self.dropped += len(self._inflight)
+                        self._inflight = []
             with self._cond:
-                self._inflight = None
-                if delivered:
-                    self.delivered += 1
-                    self._unreported_drops = max(0, self._unreported_drops - reported)
-                    if not self._queue:
-                        self._drop_episode = False
-                        self._file_episode = False
+                if self._abandoned:
+                    continue
+                if not self._stop:
+                    self._inflight = []  # settled one by one already; a safety net
+                if not self._queue and not self._inflight:
+                    self._drop_episode = False
+                    self._file_episode = False
+                done = not self._queue and not self._inflight and self._spool_claims and not self._spool_more
                 self._cond.notify_all()
+            if done:
+                self._release_claims()
 
     def _attach_drop_report(self, envelope: Envelope) -> int:
         count = self._unreported_drops
@@ -443,7 +675,7 @@ class Sender:
         envelope.body["metadata"] = {**metadata, "dropped_updates": count}
         return count
 
-    def _deliver(self, envelope: Envelope) -> bool:
+    def _prepare_one(self, envelope: Envelope) -> None:
         if envelope.prepare is not None:
             prepare, envelope.prepare = envelope.prepare, None
             try:
@@ -451,65 +683,186 @@ class Sender:
             except Exception:
                 log.debug("experiment_bot: collecting metadata failed", exc_info=True)
         fit_body(envelope.body)
+        envelope.size = _encoded_size(envelope.body) + 80  # + the idempotency key in a batch
+
+    def _grow(self, group: list[Envelope]) -> None:
+        """Add the plain notifications queued right behind ``group`` (a batch), up to the caps."""
+        with self._cond:
+            if self._abandoned:
+                return
+            added: list[Envelope] = []
+            while self._queue and len(group) + len(added) < MAX_BATCH and self._batchable(self._queue[0]):
+                if self._spool_more and not self._queue[0].from_spool:
+                    break  # the rest of the spool goes first
+                added.append(self._queue.popleft())
+            self._inflight.extend(added)
+        for envelope in added:
+            self._prepare_one(envelope)
+        group.extend(added)
+        total = 0
+        for index, envelope in enumerate(group):
+            total += envelope.size
+            if index and total > BATCH_BYTES:
+                tail = group[index:]
+                del group[index:]
+                with self._cond:
+                    if self._abandoned:
+                        return
+                    for item in tail:
+                        self._inflight.remove(item)
+                    self._queue.extendleft(reversed(tail))
+                return
+
+    def _settle(self, envelope: Envelope, delivered: bool) -> None:
+        """One message is done (delivered, or dropped and already counted as such)."""
+        with self._cond:
+            if self._abandoned:
+                return
+            try:
+                self._inflight.remove(envelope)
+            except ValueError:
+                return
+            if delivered:
+                self.delivered += 1
+                self._unreported_drops = max(0, self._unreported_drops - envelope.reported)
+            self._cond.notify_all()
+
+    def _deliver(self, group: list[Envelope], *, batch: bool = True) -> None:
+        """Send ``group`` until each message in it is delivered or dropped: one message as a
+        plain request, several plain notifications as one batch request. ``group`` grows
+        with the notifications queued behind it before each attempt (while the server is
+        down or limits us, a burst becomes one request)."""
+        for envelope in group:
+            self._prepare_one(envelope)
         attempt = 0  # drives the backoff
-        failures = 0  # 5xx / "in progress" answers to this very message
+        failures = 0  # 5xx / "in progress" answers to this very group
         failing_since = 0.0
         verified = False  # the server answered a probe just before the last attempt
-        while True:
-            if self._key_rejected:
-                return False
+        while group:
+            if self._key_rejected or self._abandoned:
+                return
+            if batch and self._batchable(group[0]):
+                self._grow(group)
+            honour = False
             try:
-                self.transport.request(
-                    "POST",
-                    envelope.path,
-                    body=envelope.body,
-                    file=envelope.file,
-                    idempotency_key=envelope.key,
-                )
+                if len(group) == 1:
+                    envelope = group[0]
+                    self.transport.request(
+                        "POST",
+                        envelope.path,
+                        body=envelope.body,
+                        file=envelope.file,
+                        idempotency_key=envelope.key,
+                    )
+                    self._settle(envelope, True)
+                    del group[:]
+                else:
+                    self._send_batch(group)
+                    if group:  # some items must be tried again (in progress, server errors)
+                        raise ApiError(503, "items_failed", f"{len(group)} message(s) of the batch failed")
             except ApiError as exc:
                 honour = exc.status == 429 and exc.retry_after is not None
                 if exc.status == 429:
                     delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
                     log.info("experiment_bot: rate limited by the server; retrying in %.1f s", delay)
+                    self._problem = f"the server rate-limited us (Retry-After {delay:.0f} s)"
                 elif exc.status >= 500 or (exc.status == 409 and exc.code == "request_in_progress"):
                     # 409: our earlier attempt is still being processed; retried like a 5xx.
                     failures += 1
                     failing_since = failing_since or time.monotonic()
                     if verified:  # failed again although the server answers other requests
-                        self._give_up(envelope, exc, failures)
-                        return False
+                        if len(group) > 1:  # find the message at fault: send them one by one
+                            self._deliver_one_by_one(group)
+                        else:
+                            self._give_up(group[0], exc, failures)
+                            self._settle(group[0], False)
+                        return
                     delay = self._backoff(attempt)
                     if (
                         failures >= self.max_attempts - 1
                         or time.monotonic() - failing_since >= self.max_failing_seconds
                     ) and self._server_answers():
                         verified, delay = True, 0.0  # one last try, at once
+                    self._problem = f"the server answered HTTP {exc.status} {exc.code}"
                     if exc.status >= 500:
                         self._log_outage(f"server error {exc.status} ({exc.message})")
-                elif exc.status == 400 and envelope.extra_fields:
+                elif exc.status == 401:
+                    self._reject(group, exc)
+                    return
+                elif len(group) > 1:
+                    # The batch request itself was refused: no batch form on this server (an
+                    # older one), or a body it would not take. Each message goes on its own.
+                    if exc.status in NO_BATCH_FORM:
+                        with self._cond:
+                            self._batch_form = False
+                        log.info(
+                            "experiment_bot: %s has no batch form of /api/notify; sending one by one",
+                            self.transport.server,
+                        )
+                    else:
+                        log.debug("experiment_bot: batch refused (%s); sending one by one", exc)
+                    self._deliver_one_by_one(group)
+                    return
+                elif exc.status == 400 and group[0].extra_fields:
+                    envelope = group[0]
                     for name in envelope.extra_fields:
                         envelope.body.pop(name, None)
                     envelope.extra_fields = []
                     continue
                 else:
-                    self._reject(envelope, exc)
-                    return False
+                    self._reject(group, exc)
+                    return
             except TransportError as exc:
-                honour = False
                 verified = False  # down after all: an outage, not this message
                 delay = self._backoff(attempt)
                 self._log_outage(str(exc))
+                self._problem = str(exc)
             else:
                 if self._degraded:
                     self._degraded = False
                     log.info(
                         "experiment_bot: %s reachable again; sending queued messages", self.transport.server
                     )
-                return True
+                continue
             self._degraded = True
             attempt += 1
             if not self._sleep(delay, shortenable=not honour):
-                return False
+                return
+
+    def _deliver_one_by_one(self, group: list[Envelope]) -> None:
+        for envelope in list(group):
+            if self._stop or self._abandoned:
+                return
+            with self._cond:
+                settled = envelope not in self._inflight
+            if not settled:
+                self._deliver([envelope], batch=False)
+        del group[:]
+
+    def _send_batch(self, group: list[Envelope]) -> None:
+        """One ``POST /api/notify/batch``; settles the items the server answered for good and
+        leaves in ``group`` those to try again."""
+        items = [{**envelope.body, "idempotency_key": envelope.key} for envelope in group]
+        _status, answer = self.transport.request("POST", BATCH_PATH, body={"messages": items})
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(group):
+            raise ApiError(422, "bad_batch_answer", "the server's batch answer has no result per message")
+        again = []
+        for index, envelope in enumerate(group):
+            # Each item is answered as the single form would answer it: {"status", "body"}.
+            result = results[index] if isinstance(results[index], dict) else {}
+            status = result.get("status")
+            status = status if isinstance(status, int) and not isinstance(status, bool) else 500
+            body = result.get("body") if isinstance(result.get("body"), dict) else {}
+            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            code = str(error.get("code") or status)
+            if 200 <= status < 300:
+                self._settle(envelope, True)
+            elif status >= 500 or status == 429 or (status == 409 and code == "request_in_progress"):
+                again.append(envelope)
+            else:
+                self._reject([envelope], ApiError(status, code, str(error.get("message") or "")))
+        group[:] = again
 
     def _server_answers(self) -> bool:
         """True when the server answers a plain ``GET /api/validate`` without a 5xx, i.e. it
@@ -530,6 +883,8 @@ class Sender:
             f"{exc.code} ({exc.message}) to it while answering other requests"
         )
         with self._cond:
+            if self._abandoned:
+                return
             self.dropped += 1
             self._errors.append(description)
             first = ("gave up", envelope.kind, exc.status) not in self._logged
@@ -564,19 +919,19 @@ class Sender:
         else:
             log.debug("experiment_bot: still failing: %s", reason)
 
-    def _reject(self, envelope: Envelope, exc: ApiError) -> None:
-        description = f"{envelope.kind} rejected by the server: HTTP {exc.status} {exc.code}: {exc.message}"
+    def _reject(self, envelopes: list[Envelope], exc: ApiError) -> None:
+        """The server refused these messages for good: drop them (401: drop everything).
+        Logged before they leave the in-flight list, so a flush that returns has seen it."""
+        kind = envelopes[0].kind
+        description = f"{kind} rejected by the server: HTTP {exc.status} {exc.code}: {exc.message}"
         with self._cond:
+            if self._abandoned:
+                return
             self._errors.append(description)
             first = (exc.status, exc.code) not in self._logged
             self._logged.add((exc.status, exc.code))
             if exc.status == 401:
                 self._key_rejected = True
-                dropped = len(self._queue)
-                self._queue.clear()
-                self.dropped += dropped + 1
-            else:
-                self.dropped += 1
         if exc.status == 401:
             if first:
                 log.error(
@@ -589,3 +944,16 @@ class Sender:
             log.warning("experiment_bot: %s (dropped, not retried)", description)
         else:
             log.debug("experiment_bot: %s", description)
+        with self._cond:
+            if self._abandoned:
+                return
+            if exc.status == 401:
+                self.dropped += len(self._queue) + len(self._inflight)
+                self._queue.clear()
+                self._inflight = []
+            else:
+                for envelope in envelopes:
+                    if envelope in self._inflight:
+                        self._inflight.remove(envelope)
+                        self.dropped += 1
+            self._cond.notify_all()

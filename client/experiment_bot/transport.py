@@ -43,6 +43,26 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (and surrogate pairs joined).
+
+    Lone surrogates come from bytes that were not valid UTF-8, e.g. a run named after a file
+    whose name is not UTF-8 (``os.fsdecode`` keeps such bytes as lone surrogates, U+DC80 to
+    U+DCFF). They cannot be encoded as UTF-8, and a JSON escape of one is refused by strict
+    servers, so a crash notice could be lost for a file name.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def encode_json(body: Any) -> bytes:
+    """``body`` as UTF-8 JSON; invalid Unicode in any string or key becomes U+FFFD."""
+    return valid_unicode(json.dumps(body, allow_nan=False, ensure_ascii=False)).encode("utf-8")
+
+
 def encode_multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, str]:
     """Encode ``{name: (filename or None, content, content_type)}`` as multipart/form-data."""
     import uuid
@@ -53,7 +73,7 @@ def encode_multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[
         disposition = f'form-data; name="{name}"'
         if filename is not None:
             safe = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
-            disposition += f'; filename="{safe}"'
+            disposition += f'; filename="{valid_unicode(safe)}"'
         chunks.append(
             (
                 f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n"
@@ -125,13 +145,13 @@ class Transport:
             headers["Idempotency-Key"] = idempotency_key
         data: bytes | None = None
         if file is not None:
-            payload = json.dumps(body or {}, allow_nan=False).encode("utf-8")
+            payload = encode_json(body or {})
             data, content_type = encode_multipart(
                 {"payload": (None, payload, "application/json"), "file": file}
             )
             headers["Content-Type"] = content_type
         elif body is not None:
-            data = json.dumps(body, allow_nan=False).encode("utf-8")
+            data = encode_json(body)
             headers["Content-Type"] = "application/json"
 
         request = urllib.request.Request(self.url(path), data=data, headers=headers, method=method)

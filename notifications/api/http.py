@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -179,6 +180,22 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(value: Any) -> Any:
+    """Lone surrogates (``"\\ud800"`` escapes JSON allows but no text column stores) replaced by
+    U+FFFD in every string and key; escaped pairs were already joined by the parser."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_valid_unicode(item) for item in value]
+    if isinstance(value, dict):
+        return {_valid_unicode(key): _valid_unicode(item) for key, item in value.items()}
+    return value
+
+
 def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any]:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -191,7 +208,12 @@ def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any
         raise InvalidInput(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{what} must be a JSON object", code="invalid_json")
-    return _without_nul(data) if "\\u0000" in text.lower() else data
+    try:
+        if _SURROGATE_ESCAPE.search(text):
+            data = _valid_unicode(data)
+        return _without_nul(data) if "\\u0000" in text.lower() else data
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply", code="invalid_json") from None
 
 
 def _read_multipart(call: Call) -> None:

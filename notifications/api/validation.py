@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from notifications.api.errors import InvalidInput
+from notifications.api.errors import ApiError, InvalidInput
+from notifications.api.idempotency import check_key
 from notifications.services import FINAL_STATUSES, FORMATS, LEVELS
 
 MAX_TEXT = 65_536
@@ -23,6 +24,7 @@ MAX_METRICS = 100
 MAX_METRIC_NAME = 64
 MAX_INTERVAL = 86_400
 MAX_LABEL = 255
+MAX_BATCH = 100  # messages in one POST /api/notify/batch
 
 _MISSING = object()
 
@@ -266,10 +268,58 @@ def parse_finish(data: dict) -> FinishInput:
     )
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One message of ``POST /api/notify/batch``: either parsed, or the error it is answered with."""
+
+    message: NotifyInput | None = None
+    idempotency_key: str | None = None
+    error: ApiError | None = None
+
+
+def parse_batch_item(raw: Any) -> BatchItem:
+    """A batch item is the single form's body plus an optional ``idempotency_key``; a bad
+    item becomes an error answered in its place, not a refusal of the whole batch."""
+    try:
+        if not isinstance(raw, dict):
+            raise InvalidInput("each item of 'messages' must be an object like the body of POST /api/notify")
+        key = raw.get("idempotency_key")
+        if key is not None:
+            if not isinstance(key, str):
+                raise InvalidInput("'idempotency_key' must be a string", code="invalid_idempotency_key")
+            key = check_key(key)
+        return BatchItem(message=parse_notify(raw), idempotency_key=key)
+    except ApiError as exc:
+        return BatchItem(error=exc)
+
+
+def parse_notify_batch(data: dict) -> list[BatchItem]:
+    """``{"messages": [...]}`` with 1 to ``MAX_BATCH`` items; each item parsed on its own."""
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidInput("'messages' is required: a list of messages, each like the body of POST /api/notify")
+    if not messages:
+        raise InvalidInput("'messages' must not be empty")
+    if len(messages) > MAX_BATCH:
+        raise ApiError(413, "too_many_messages",
+                       f"a batch holds at most {MAX_BATCH} messages (got {len(messages)}); split it")
+    return [parse_batch_item(raw) for raw in messages]
+
+
+def check_notify_batch(data: dict) -> list[BatchItem]:
+    """``parse_notify_batch`` that also refuses the first bad item (for documentation examples)."""
+    items = parse_notify_batch(data)
+    for index, item in enumerate(items):
+        if item.error is not None:
+            raise InvalidInput(f"messages[{index}]: {item.error.message}")
+    return items
+
+
 # operationId in notifications.schema → the parser of its JSON body
 PARSERS: dict[str, Callable[[dict], Any]] = {
     "register": parse_register,
     "notify": parse_notify,
+    "notifyBatch": check_notify_batch,
     "startProcess": parse_start,
     "heartbeat": parse_heartbeat,
     "finishProcess": parse_finish,

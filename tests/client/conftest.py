@@ -22,10 +22,12 @@ from experiment_bot_fake import TEST_KEY, FakeServer  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No EXPERIMENT_BOT_* variables, a clean working directory, fresh module state."""
+    """No EXPERIMENT_BOT_* variables, a clean working directory, a private cache folder (the
+    spool; subprocesses inherit it), fresh module state."""
     for name in list(os.environ):
         if name.startswith("EXPERIMENT_BOT_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

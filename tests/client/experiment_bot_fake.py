@@ -3,6 +3,12 @@
 It records every attempt, honours ``Idempotency-Key`` the way the contract says, and can be
 told to fail: answer with a status for the next N calls of a path, process a request and
 then fail anyway (the response is "lost"), or not listen at all (server down).
+
+``POST /api/notify/batch`` answers each item as ``POST /api/notify`` would (with the item's
+``idempotency_key``), and records each accepted item as if it had come alone, so
+``bodies("/api/notify")`` lists every notification whichever form carried it.
+``batch_form = False`` makes it an older server without the batch form (404).
+``refuse_item(predicate, status)`` answers items the predicate picks with that status.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Recorded:
         self.headers = headers
         self.json = body
         self.files = files
+        self.raw = b""  # the body as received
         self.at = time.monotonic()
 
     def __repr__(self) -> str:
@@ -70,6 +77,8 @@ class FakeServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._message_ids = 0
+        self.batch_form = True
+        self.item_failures: list[tuple[Callable[[dict[str, Any]], bool], int, str]] = []
 
     # ------------------------------------------------------------------ control
 
@@ -104,6 +113,19 @@ class FakeServer:
             queue = self.scripted.setdefault(path, deque())
             for _ in range(times):
                 queue.append(Action(status, **kwargs))
+
+    def refuse_item(self, predicate: Callable[[dict[str, Any]], bool], status: int, code: str = "") -> None:
+        """Answer ``status`` to every notify item (in a batch) for which ``predicate(body)`` holds."""
+        with self.cond:
+            self.item_failures.append((predicate, status, code or f"http_{status}"))
+
+    def batches(self) -> list[Recorded]:
+        with self.cond:
+            return [r for r in self.attempts if r.path == "/api/notify/batch"]
+
+    def notify_texts(self) -> list[str]:
+        """The texts of every notification accepted, in order of arrival."""
+        return [body["text"] for body in self.bodies("/api/notify")]
 
     def add_pairing(self, code: str, key: str, pending_polls: int = 2, expired: bool = False) -> None:
         self.pairings[code] = {"key": key, "pending": pending_polls, "expired": expired, "used": False}
@@ -196,6 +218,11 @@ class FakeServer:
                 "account": {"telegram_user_id": 1, "username": "ann"},
             }
 
+        if path == "/api/notify/batch" and request.method == "POST":
+            if not self.batch_form:
+                return 404, {"error": {"code": "not_found", "message": path}}
+            return self._batch(request, key)
+
         idem = request.headers.get("idempotency-key")
         if idem and (key, idem) in self.idempotency:
             return self.idempotency[(key, idem)]
@@ -203,6 +230,40 @@ class FakeServer:
         if idem:
             self.idempotency[(key, idem)] = (status, body)
         return status, body
+
+    def _batch(self, request: Recorded, key: str) -> tuple[int, dict[str, Any]]:
+        body = request.json
+        items = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            return 400, {"error": {"code": "invalid_input", "message": "'messages' must be a non-empty list"}}
+        if len(items) > 100:
+            return 413, {"error": {"code": "too_many_messages", "message": "at most 100 messages"}}
+        results: list[dict[str, Any]] = []
+
+        def error(status: int, code: str, message: str) -> dict[str, Any]:
+            return {"status": status, "body": {"error": {"code": code, "message": message}}}
+
+        for item in items:
+            if not isinstance(item, dict):
+                results.append(error(400, "invalid_input", "each message must be an object"))
+                continue
+            refusal = next(((s, c) for p, s, c in self.item_failures if p(item)), None)
+            if refusal is not None:
+                results.append(error(refusal[0], refusal[1], "scripted"))
+                continue
+            idem = item.get("idempotency_key")
+            fields = {name: value for name, value in item.items() if name != "idempotency_key"}
+            single = Recorded("POST", "/api/notify", {**request.headers, "idempotency-key": idem or ""}, fields, {})
+            if idem and (key, idem) in self.idempotency:
+                status, answer = self.idempotency[(key, idem)]
+                results.append({"status": status, "body": answer, "replayed": True})
+                continue
+            status, answer = self._create(single)
+            if idem and status < 400:
+                self.idempotency[(key, idem)] = (status, answer)
+            results.append({"status": status, "body": answer})
+        queued = sum(1 for r in results if r["status"] == 202)
+        return 200, {"results": results, "queued": queued, "rejected": len(results) - queued}
 
     def _create(self, request: Recorded) -> tuple[int, dict[str, Any]]:
         path, body = request.path, request.json
@@ -314,7 +375,9 @@ class _Handler(BaseHTTPRequestHandler):
                         "content": data,
                         "content_type": part.get_content_type(),
                     }
-        status, answer, extra_headers = self.fake.handle(Recorded(method, self.path, headers, body, files))
+        recorded = Recorded(method, self.path, headers, body, files)
+        recorded.raw = raw
+        status, answer, extra_headers = self.fake.handle(recorded)
         payload = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

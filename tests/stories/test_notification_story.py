@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from notifications.models import TrackedProcess
+from notifications.models import OutboxMessage, TrackedProcess
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """The client's spool (under $XDG_CACHE_HOME) in the test's folder; scripts inherit it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
 
 
 def text_of(message) -> str:
@@ -167,4 +178,126 @@ def test_it_delivers_what_was_sent_while_the_server_was_down(settings, make_acco
         assert texts == ["epoch 0 done", "epoch 1 done", "epoch 2 done"]
     finally:
         client.close()
+        server.stop()
+
+
+class Forwarder:
+    """A TCP port that forwards to the real server once ``start()``ed: before that nothing
+    listens there, which is what a client sees of a server that is down."""
+
+    def __init__(self, target_port: int) -> None:
+        from tests.bot.conftest import free_port
+
+        self.port = free_port()
+        self.target_port = target_port
+        self._listener: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Forwarder:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def read_until_all(user, texts: list[str], timeout: float = 90) -> None:
+    """Read the chat's new bot messages until every one of ``texts`` was in one of them."""
+    deadline = time.monotonic() + timeout
+    missing = set(texts)
+    while missing:
+        message = user.wait_for_message(timeout=max(0.1, deadline - time.monotonic()))
+        missing = {text for text in missing if text not in text_of(message)}
+
+
+def chat_text(user) -> str:
+    return "\n".join(text_of(message) for message in user.bot_messages())
+
+
+def run_script(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_it_delivers_every_one_of_100_notifications_sent_just_before_exit(running_bot, user, api_key):
+    result = run_script("""
+        import experiment_bot
+        for n in range(100):
+            experiment_bot.notify(f"burst {n:03d} done")
+    """, script_env(running_bot, api_key))
+    assert result.returncode == 0, result.stderr
+    assert "not delivered" not in result.stderr and "dropped" not in result.stderr, result.stderr
+
+    texts = [f"burst {n:03d} done" for n in range(100)]
+    read_until_all(user, texts)
+    everything = chat_text(user)
+    assert [everything.count(text) for text in texts] == [1] * 100  # each once, whatever the merging
+    rows = running_bot.call(lambda: list(OutboxMessage.objects.filter(kind="notify")
+                                         .order_by("id").values_list("payload__text", flat=True)))
+    assert rows == texts
+
+
+def test_it_spools_at_exit_while_the_server_is_down_and_flush_delivers_each_once(
+    running_bot, user, api_key, private_cache
+):
+    port = int(running_bot.web_url.rsplit(":", 1)[1].rstrip("/"))
+    server = Forwarder(port)  # the URL the script uses: nothing listens there yet
+    env = {**script_env(running_bot, api_key), "EXPERIMENT_BOT_URL": server.url, "EXPERIMENT_BOT_FLUSH_TIMEOUT": "1"}
+    result = run_script("""
+        import experiment_bot
+        with experiment_bot.track("offline sweep"):
+            for n in range(5):
+                experiment_bot.notify(f"offline result {n}")
+    """, env)
+    assert result.returncode == 0, result.stderr
+    assert "7 spooled" in result.stderr and "python -m experiment_bot flush" in result.stderr, result.stderr
+    assert list((private_cache / "experiment_bot").glob("*/*.spool.json"))
+
+    server.start()
+    try:
+        flush = subprocess.run([sys.executable, "-m", "experiment_bot", "flush"], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert flush.returncode == 0, flush.stdout + flush.stderr
+        assert "7 of 7 spooled message(s) sent" in flush.stdout
+        texts = [f"offline result {n}" for n in range(5)]
+        read_until_all(user, [*texts, "offline sweep"])
+        user.wait_for_message(predicate=lambda m: "finished in" in text_of(m), timeout=30)
+
+        again = subprocess.run([sys.executable, "-m", "experiment_bot", "flush"], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert "nothing spooled" in again.stdout, again.stdout + again.stderr
+        everything = chat_text(user)
+        assert [everything.count(text) for text in texts] == [1] * 5
+        assert running_bot.call(lambda: OutboxMessage.objects.filter(kind="notify").count()) == 5
+        assert running_bot.call(lambda: TrackedProcess.objects.get().state) == TrackedProcess.State.SUCCEEDED
+    finally:
         server.stop()
