@@ -8,8 +8,9 @@ import json
 import pytest
 from django.utils import timezone
 
+from core.models import OutboxMessage
 from notifications import ratelimit
-from notifications.models import IdempotencyRecord, OutboxMessage, RateCounter
+from notifications.models import IdempotencyRecord, RateCounter
 from tests.notifications.conftest import ApiClient, start_body, wait_for_fresh_window
 
 pytestmark = pytest.mark.django_db

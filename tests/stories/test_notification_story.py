@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from notifications.models import OutboxMessage, TrackedProcess
+from core.models import OutboxMessage
+from notifications.models import TrackedProcess
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
