@@ -49,7 +49,6 @@ WORKER_VERSION = "1.0.0"
 PROTOCOL_VERSION = 1
 DEFAULT_SERVER = "__STATSBOT_SERVER_URL__"
 TOKEN_ENV = "STATSBOT_TOKEN"  # the one-time token, for a command line that does not show it in `ps`
-PROBATION_ENV = "STATSBOT_UPDATE_PROBATION"  # set for the first run of a just-installed update
 
 # The placeholder is spelled in two halves so that the server's one-shot text replacement
 # of DEFAULT_SERVER's value cannot also change this comparison value.
@@ -940,6 +939,7 @@ SYSTEM_DIRS_POSIX = (
     "/cores",
 )  # fmt: skip
 SYSTEM_DIRS_WINDOWS = ("windows", "program files", "program files (x86)", "programdata")
+USER_DIRS_IN_SYSTEM_DIRS = ("/var/tmp", "/var/folders", "/private/var/tmp", "/private/var/folders")  # temp
 
 
 def is_system_location(folder: Path) -> bool:
@@ -949,6 +949,8 @@ def is_system_location(folder: Path) -> bool:
         drive, rest = os.path.splitdrive(text)
         parts = [p for p in re.split(r"[\\/]+", rest) if p]
         return not parts or parts[0].lower() in SYSTEM_DIRS_WINDOWS
+    if any(is_within(Path(text), Path(d)) for d in USER_DIRS_IN_SYSTEM_DIRS):
+        return False
     return text == "/" or any(is_within(Path(text), Path(d)) for d in SYSTEM_DIRS_POSIX)
 
 
@@ -3089,7 +3091,7 @@ def run_self_check(
     python: str, script: Path, args: list[str], home: Path, timeout: float = SELF_CHECK_TIMEOUT_S
 ) -> None:
     """Run ``python script --self-check args`` (a new file's first run); UpdateError unless it exits 0."""
-    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, PROBATION_ENV)}
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     env["STATSBOT_HOME"] = str(home)
     try:
         proc = subprocess.run(
@@ -3151,25 +3153,17 @@ def install_update(
     finally:
         if candidate.exists():
             candidate.unlink()
+    # Its first runs are on probation until one connects (see main and roll_back_update).
+    ConfigStore(paths.config).update(update_probation={"version": version, "from": current})
     return version, digest
 
 
-def start_probation(paths: Paths) -> None:
-    """Mark the next start (an exec of the new version) as an update's first run, which may roll back."""
-    if paths.previous_script.is_file():
-        os.environ[PROBATION_ENV] = json.dumps({"from": WORKER_VERSION})
-
-
-def take_probation() -> dict | None:
-    """The probation marker of this run, removed from the environment so children do not inherit it."""
-    raw = os.environ.pop(PROBATION_ENV, None)
-    if not raw:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) else None
+def on_probation(paths: Paths) -> dict | None:
+    """The update this run is the first run of (config.json's update_probation for this version)."""
+    probation = ConfigStore(paths.config).load().get("update_probation")
+    if isinstance(probation, dict) and probation.get("version") == WORKER_VERSION:
+        return probation
+    return None
 
 
 def roll_back_update(paths: Paths, info: dict, code: int, console: Console) -> bool:
@@ -3186,7 +3180,7 @@ def roll_back_update(paths: Paths, info: dict, code: int, console: Console) -> b
         if paths.script.is_file():
             os.replace(paths.script, paths.failed_script)
         write_file_atomic(paths.script, previous.read_bytes())
-        ConfigStore(paths.config).update(update_failed_version=WORKER_VERSION)
+        ConfigStore(paths.config).update(update_failed_version=WORKER_VERSION, update_probation=None)
     except OSError as exc:
         console.status(f"Rolling back the update failed: {exc}")
         return False
@@ -3652,7 +3646,10 @@ class WorkerClient:
 
     def _on_authenticated(self, reply: dict, announce: bool = True) -> None:
         credential = reply.get("credential")
-        CONNECTED.set()
+        if not CONNECTED.is_set():
+            CONNECTED.set()
+            if self.store.load().get("update_probation"):
+                self.store.update(update_probation=None)  # this version started fine
         if self.settings.token:
             self.settings.token = None  # a token works once
             os.environ.pop(TOKEN_ENV, None)  # and a restarted worker must not try it again
@@ -3931,7 +3928,6 @@ class WorkerClient:
                 f"Update failed ({short_text(str(exc), 200)}); keeping version {WORKER_VERSION}."
             )
             return None
-        start_probation(self.settings.paths)
         return Outcome(
             "reexec", f"Updated to version {version}; restarting.", EXIT_OK, list(self.reexec_argv)
         )
@@ -3952,7 +3948,6 @@ class WorkerClient:
             return None
         if not match or not version_is_newer(match.group(1)):
             return None
-        start_probation(self.settings.paths)
         return Outcome(
             "reexec",
             f"Worker {short_text(match.group(1), 40)} was installed in {self.settings.paths.script}; restarting with it.",
@@ -4058,11 +4053,14 @@ def _stdin_isatty() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code.
 
-    The first run of a just-installed update is on probation: if it ends with an error before
+    The first runs of a just-installed update are on probation: if one ends with an error before
     it ever connected, the previous copy is put back and run instead (see roll_back_update).
     """
-    probation = take_probation()
-    if probation is None:
+    probation = on_probation(Paths(statsbot_home()))
+    one_shot = {"--version", "--self-check", "--update", "--help", "-h"} & set(
+        sys.argv[1:] if argv is None else argv
+    )
+    if probation is None or one_shot:
         return _main(argv)
     try:
         code = _main(argv)
@@ -4125,7 +4123,11 @@ def _main(argv: list[str] | None) -> int:
             "In Telegram, send /connect to the bot and run the command it shows."
         )
         return EXIT_USAGE
-    console.plain("Folders this worker may read: " + _roots_text(settings.allowed_roots))
+    console.plain(
+        "Folders this worker may read: "
+        + _roots_text(settings.allowed_roots)
+        + " (not the hidden files and folders in them)"
+    )
     console.plain(f"Models are saved in: {settings.models_dir}")
     try:
         check_models_dir_private(settings.models_dir, paths.home)

@@ -204,14 +204,6 @@ class FakeServer:
         return await asyncio.wait_for(self.connections.get(), within)
 
 
-@pytest.fixture(autouse=True)
-def _worker_environment():
-    """Environment variables the worker sets for a restart never leak from one test into another."""
-    yield
-    for name in ("STATSBOT_TOKEN", "STATSBOT_UPDATE_PROBATION"):
-        os.environ.pop(name, None)
-
-
 @pytest.fixture
 async def fake_server():
     server = await FakeServer().start()

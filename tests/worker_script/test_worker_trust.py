@@ -104,8 +104,8 @@ def worker_home(tmp_path):
 def worker(fake_server, worker_home, script_path):
     started = []
 
-    async def start(*args, env=None):
-        process = await WorkerProcess(script_path, worker_home, fake_server, args, env).start()
+    async def start(*args, env=None, script=None):
+        process = await WorkerProcess(script or script_path, worker_home, fake_server, args, env).start()
         started.append(process)
         return process
 
@@ -174,13 +174,34 @@ async def test_it_updates_itself_when_opted_in_and_keeps_the_previous_copy(
     assert (worker_home / "statsbot_worker.previous.py").read_bytes() == script_path.read_bytes()
 
 
-async def test_it_rolls_back_an_update_that_fails_to_start(fake_server, worker, worker_home, script_path):
+def _fails_to_start(script_path):
+    """Version 1.0.1 that passes its --self-check (which stops before connecting) but exits with 7."""
     start_line = (
         "        client = WorkerClient(settings, store, console, versions=versions, reexec_argv=argv_again)\n"
     )
     assert start_line in script_path.read_text()
-    # Passes its --self-check (which stops before connecting) but exits with 7 when really started.
-    broken = _versioned(script_path, "1.0.1").replace(start_line, "        raise SystemExit(7)\n")
+    return _versioned(script_path, "1.0.1").replace(start_line, "        raise SystemExit(7)\n")
+
+
+async def _update_command(script, server, home):
+    update = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        "--update",
+        "--server",
+        server.url,
+        env=dict(os.environ, STATSBOT_HOME=str(home)),
+        stdin=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await asyncio.wait_for(update.communicate(), 120))[0].decode()
+    assert update.returncode == 0, out
+    return out
+
+
+async def test_it_rolls_back_an_update_that_fails_to_start(fake_server, worker, worker_home, script_path):
+    broken = _fails_to_start(script_path)
     fake_server.script_text = broken
     proc = await worker("--token", "good-token", "--auto-update")
     ws = await proc.connected()
@@ -207,24 +228,30 @@ async def test_it_updates_on_the_users_command_and_a_running_worker_switches_to_
     fake_server.script_text = new
     proc = await worker("--token", "good-token")
     await proc.connected()
-    update = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script_path),
-        "--update",
-        "--server",
-        fake_server.url,
-        env=dict(os.environ, STATSBOT_HOME=str(worker_home)),
-        stdin=subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out = (await asyncio.wait_for(update.communicate(), 120))[0].decode()
-    assert update.returncode == 0, out
+    out = await _update_command(script_path, fake_server, worker_home)
     assert f"SHA-256 {hashlib.sha256(new.encode()).hexdigest()}" in out and "Installed worker 1.0.1" in out
     ws = await proc.connected()  # the running worker noticed the new copy and restarted with it
     assert fake_server.auths[-1]["machine"]["worker_version"] == "1.0.1"
     await proc.stop(ws)
     assert (worker_home / "statsbot_worker.previous.py").read_bytes() == script_path.read_bytes()
+
+
+async def test_it_rolls_back_an_update_installed_by_command_that_fails_when_started(
+    fake_server, worker, worker_home, script_path
+):
+    proc = await worker("--token", "good-token")  # connected once: credential and saved copy
+    await proc.stop(await proc.connected())
+    fake_server.script_text = _fails_to_start(script_path)
+    await _update_command(script_path, fake_server, worker_home)
+    saved = worker_home / "statsbot_worker.py"
+    proc = await worker(script=saved)  # the user starts the new copy (or autostart does)
+    ws = await proc.connected()
+    assert fake_server.auths[-1]["machine"]["worker_version"] == "1.0.0"
+    out = await proc.stop(ws)
+    assert "exited with code 7 before it connected, so the update was rolled back to 1.0.0" in out
+    assert saved.read_bytes() == script_path.read_bytes()
+    config = json.loads((worker_home / "config.json").read_text())
+    assert config["update_failed_version"] == "1.0.1" and "update_probation" not in config
 
 
 def test_it_says_when_it_is_up_to_date_and_refuses_a_failing_update(tmp_path, script_path):
