@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import concurrent.futures
 import datetime as _dt
+import functools
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -46,6 +48,7 @@ from typing import Any, Callable, Iterator
 WORKER_VERSION = "1.0.0"
 PROTOCOL_VERSION = 1
 DEFAULT_SERVER = "__STATSBOT_SERVER_URL__"
+TOKEN_ENV = "STATSBOT_TOKEN"  # the one-time token, for a command line that does not show it in `ps`
 
 # The placeholder is spelled in two halves so that the server's one-shot text replacement
 # of DEFAULT_SERVER's value cannot also change this comparison value.
@@ -72,6 +75,8 @@ RF_BIG_DATA_ROWS = 100_000
 UNACKED_RESULTS_KEPT = 100
 RESULT_REFUSALS = ("unknown_job", "invalid_field", "frame_too_large")  # server error codes: never re-send
 DOWNLOAD_MAX_BYTES = 5 * 1024 * 1024
+MAX_INT_DIGITS = 40  # longer integers in a server frame are read as +-inf (see _bounded_int)
+MAX_PARAMS_BYTES = 64 * 1024  # a job's params as JSON
 PROGRESS_MIN_INTERVAL_S = 0.5
 
 EXIT_OK = 0
@@ -113,10 +118,15 @@ UNPINNED_REQUIREMENTS = (
 )
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A frame that could not be parsed but looks like a job: its job_id, so it gets an error result.
+JOB_TYPE_RE = re.compile(r'"type"\s*:\s*"job"')
+JOB_ID_RE = re.compile(r'"job_id"\s*:\s*"([^"\\]{1,128})"')
 VERSION_LINE_RE = re.compile(r'^WORKER_VERSION = "(.+)"$', re.MULTILINE)
 MODEL_FORMAT = "statsbot-model"  # the "format" marker in every metadata.json this worker writes
 # C0 and C1 control characters except newline: what could drive a terminal (escape sequences).
 CONTROL_CHARS_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Lone surrogates (JSON "\ud800" escapes, non-UTF-8 file names): they cannot be encoded as UTF-8.
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
 # Two leading separators: a UNC or device path (\\server\share, \\?\, \\.\, //server/share).
 NETWORK_PATH_RE = re.compile(r"^[\\/]{2}")
 
@@ -135,6 +145,7 @@ ERROR_CODES = frozenset(
         "bad_target",
         "not_enough_data",
         "model_not_found",
+        "model_refused",
         "invalid_model_id",
         "cancelled",
         "unsupported",
@@ -186,6 +197,16 @@ class Paths:
         return self.home / "statsbot_worker.py"
 
     @property
+    def previous_script(self) -> Path:
+        """The copy an update replaced: what a failed update rolls back to."""
+        return self.home / "statsbot_worker.previous.py"
+
+    @property
+    def failed_script(self) -> Path:
+        """An update that was rolled back, kept for a look."""
+        return self.home / "statsbot_worker.failed.py"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
@@ -218,20 +239,25 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def valid_text(text: str) -> str:
+    """text with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8."""
+    return SURROGATE_RE.sub("\ufffd", text)
+
+
 def short_text(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(valid_text(str(text)).split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def short_name(name: Any) -> str:
     """A column name as it appears in results: text, at most MAX_NAME_CHARS characters."""
-    text = str(name)
+    text = valid_text(str(name))
     return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "\u2026"
 
 
 def strip_controls(text: str) -> str:
-    """text without control characters (terminal escape sequences), newlines kept."""
-    return CONTROL_CHARS_RE.sub("", text)
+    """text without control characters (terminal escape sequences) or lone surrogates, newlines kept."""
+    return valid_text(CONTROL_CHARS_RE.sub("", text))
 
 
 def utc_now_iso() -> str:
@@ -274,6 +300,7 @@ def json_safe(value: Any, max_chars: int = SAMPLE_STRING_CHARS) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
+        value = valid_text(value)
         return value if len(value) <= max_chars else value[: max_chars - 1] + "\u2026"
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
@@ -298,7 +325,7 @@ def round_float(value: Any, digits: int = 6) -> float | None:
 
 
 def json_size(obj: Any) -> int:
-    return len(json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    return len(valid_text(json.dumps(obj, ensure_ascii=False, allow_nan=False)).encode("utf-8"))
 
 
 def _largest_list(obj: Any, best: tuple[int, Any]) -> tuple[int, Any]:
@@ -492,7 +519,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="statsbot_worker.py",
         description="StatsBot local worker: train and predict on this machine from Telegram.",
     )
-    parser.add_argument("--token", help="one-time token from /connect in the bot")
+    parser.add_argument(
+        "--token",
+        help=f"one-time token from /connect in the bot (or set {TOKEN_ENV}, which the process list does not show)",
+    )
     parser.add_argument(
         "--server",
         help="server URL (wss://HOST/ws/worker/ or https://HOST); default: the server this "
@@ -530,7 +560,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep running in this terminal (with --autostart: enable it for the next login only)",
     )
     parser.add_argument(
-        "--no-update", action="store_true", help="do not update this script when the server asks"
+        "--update",
+        action="store_true",
+        help="download the newest worker from the server's /worker, show its SHA-256, check it and install it",
+    )
+    parser.add_argument(
+        "--auto-update",
+        action="store_true",
+        help="install updates the server offers without asking (remembered; --no-update turns it off)",
+    )
+    parser.add_argument(
+        "--no-update",
+        action="store_true",
+        help="never update automatically (the default; also turns off a remembered --auto-update)",
+    )
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="check that this copy can start here (Python, packages, settings) without connecting, then exit",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     parser.add_argument("--version", action="store_true", help="print the worker version and exit")
@@ -539,6 +586,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-file-size must be a positive number of MB")
     if args.yes and args.no_install:
         parser.error("--yes and --no-install contradict each other")
+    if args.auto_update and args.no_update:
+        parser.error("--auto-update and --no-update contradict each other")
     return args
 
 
@@ -576,21 +625,28 @@ def download_url_for(server_url: str) -> str:
     return urllib.parse.urlunsplit((scheme, parsed.netloc, path + "/worker", "", ""))
 
 
-def same_origin(server_url: str, other_url: Any) -> bool:
-    """True when other_url has the server's scheme (https for wss, http for ws), host and port.
+def is_update_url(server_url: str, url: Any) -> bool:
+    """True only for the exact /worker URL of the server this worker uses (download_url_for).
 
-    Anything malformed (not text, a bad port, user:password@ in it) is simply not the same origin.
+    Same scheme (https for wss), host, port and path; no user:password@, query or fragment.
+    ``/worker_evil``, ``/worker/x`` or another host are not it. Malformed URLs are simply not it.
     """
-    if not isinstance(other_url, str) or not isinstance(server_url, str):
+    if not isinstance(url, str) or not isinstance(server_url, str):
         return False
     try:
-        server = urllib.parse.urlsplit(server_url)
-        other = urllib.parse.urlsplit(other_url.strip())
-        expected = "https" if server.scheme == "wss" else "http"
-        if other.scheme.lower() != expected or other.username is not None or other.password is not None:
-            return False
-        host = (server.hostname or "").lower()
-        return bool(host) and host == (other.hostname or "").lower() and _port(server) == _port(other)
+        expected = urllib.parse.urlsplit(download_url_for(server_url))
+        other = urllib.parse.urlsplit(url.strip())
+        return (
+            other.scheme.lower() == expected.scheme
+            and other.username is None
+            and other.password is None
+            and bool(expected.hostname)
+            and (other.hostname or "").lower() == (expected.hostname or "").lower()
+            and _port(other) == _port(expected)
+            and other.path == expected.path
+            and not other.query
+            and not other.fragment
+        )
     except ValueError:  # e.g. a port that is not a number or out of range
         return False
 
@@ -731,7 +787,7 @@ class Settings:
     max_file_bytes: int
     token: str | None = None
     credential: str | None = None
-    no_update: bool = False
+    auto_update: bool = False  # install offered updates without asking (opt-in, see --auto-update)
     # The allowed folders as named (absolute, symlinks not resolved), parallel to allowed_roots:
     # paths are checked against these before anything on disk is resolved.
     root_aliases: list[Path] = field(default_factory=list)
@@ -778,6 +834,10 @@ def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Set
     else:
         named = [str(Path.home())]
         roots = [Path(os.path.realpath(named[0]))]
+    # The worker's own outputs (predictions written when the input's folder was read-only) stay
+    # readable, although ~/.statsbot is hidden.
+    named.append(str(paths.outputs))
+    roots.append(Path(os.path.realpath(str(paths.outputs))))
     if args.models_dir:
         models_dir = Path(os.path.realpath(os.path.expanduser(args.models_dir)))
     elif saved.get("models_dir"):
@@ -796,9 +856,9 @@ def resolve_settings(args: argparse.Namespace, saved: dict, paths: Paths) -> Set
         allowed_roots=roots,
         models_dir=models_dir,
         max_file_bytes=int(max_mb * 1024 * 1024),
-        token=args.token or None,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
         credential=credential,
-        no_update=bool(getattr(args, "no_update", False)),
+        auto_update=bool(args.auto_update or (saved.get("auto_update") is True and not args.no_update)),
         root_aliases=[lexical_path(d) for d in named],
     )
 
@@ -816,10 +876,12 @@ def settings_to_config(settings: Settings, saved: dict) -> dict:
                     if len(settings.root_aliases) == len(settings.allowed_roots)
                     else settings.allowed_roots
                 )
+                if p not in (settings.paths.outputs, Path(os.path.realpath(str(settings.paths.outputs))))
             ],
             "models_dir": str(settings.models_dir),
             "max_file_size_mb": round(settings.max_file_bytes / (1024 * 1024), 3),
             "worker_version": WORKER_VERSION,
+            "auto_update": settings.auto_update,
         }
     )
     if settings.credential:
@@ -870,12 +932,79 @@ def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(r) for r in roots) or "none"
 
 
+# Folders of the operating system: never offered as an --allow-dir suggestion.
+SYSTEM_DIRS_POSIX = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+    "/sys", "/usr", "/var", "/System", "/Library", "/Applications", "/private/etc", "/private/var",
+    "/cores",
+)  # fmt: skip
+SYSTEM_DIRS_WINDOWS = ("windows", "program files", "program files (x86)", "programdata")
+USER_DIRS_IN_SYSTEM_DIRS = ("/var/tmp", "/var/folders", "/private/var/tmp", "/private/var/folders")  # temp
+
+
+def is_system_location(folder: Path) -> bool:
+    """True for a file system root or a folder of the operating system (/etc, C:\\Windows, ...)."""
+    text = os.path.normpath(str(folder))
+    if os.name == "nt":
+        drive, rest = os.path.splitdrive(text)
+        parts = [p for p in re.split(r"[\\/]+", rest) if p]
+        return not parts or parts[0].lower() in SYSTEM_DIRS_WINDOWS
+    if any(is_within(Path(text), Path(d)) for d in USER_DIRS_IN_SYSTEM_DIRS):
+        return False
+    return text == "/" or any(is_within(Path(text), Path(d)) for d in SYSTEM_DIRS_POSIX)
+
+
+def _allow_dir_hint(folder: Path) -> str:
+    """How to allow a folder, or why the worker will not offer it (system folders)."""
+    if is_system_location(folder):
+        return f"{folder} is a system folder, so the worker does not offer to read it."
+    return f"Start the worker with --allow-dir {folder} to allow it."
+
+
 def _outside(raw: str, path: Path, allowed_roots: list[Path]) -> JobError:
-    suggestion = path.parent if path.suffix else path
+    # Paths name files: suggest the folder that holds it (never the file, never a system folder).
     return JobError(
         "path_not_allowed",
         f"{short_text(raw, 300)} is outside the folders this worker may read ({_roots_text(allowed_roots)}). "
-        f"Start the worker with --allow-dir {suggestion} to allow it.",
+        + _allow_dir_hint(path.parent),
+    )
+
+
+def hidden_part(path: Path, root: Path) -> str | None:
+    """The first name below root that starts with '.' (a hidden file or folder), or None."""
+    try:
+        rel = os.path.relpath(str(path), str(root))
+    except ValueError:  # another drive on Windows
+        return None
+    for part in re.split(r"[\\/]+", rel):
+        if part.startswith(".") and part not in (".", ".."):
+            return part
+    return None
+
+
+def _check_not_hidden(raw: str, path: Path, roots: list[Path]) -> None:
+    """Refuse a path that is hidden below every allowed folder holding it (~/.ssh/x.csv, ~/.env.csv).
+
+    Secrets live in hidden files and folders of the home folder (the default allowed folder), so
+    nothing hidden is read below an allowed folder; a hidden folder is read only when it is (or
+    holds) an allowed folder named explicitly (--allow-dir ~/.config/data).
+    """
+    holders = [root for root in roots if is_within(path, root)]
+    hidden = [hidden_part(path, root) for root in holders]
+    if not holders or not all(hidden):
+        return
+    name = hidden[0]
+    if name == path.name:
+        raise JobError(
+            "path_not_allowed",
+            f"{short_text(raw, 300)} is a hidden file (its name starts with '.'); the worker does not read "
+            "hidden files, which often hold passwords and keys. Rename it (without the leading '.') to use it.",
+        )
+    raise JobError(
+        "path_not_allowed",
+        f"{short_text(raw, 300)} is inside the hidden folder {short_name(name)}; the worker does not read "
+        f"hidden folders unless you allow one by name (they often hold passwords and keys). "
+        + _allow_dir_hint(path.parent),
     )
 
 
@@ -894,6 +1023,12 @@ def resolve_user_path(
     raw = raw.strip()
     if "\x00" in raw:
         raise JobError("path_not_allowed", f"{what} contains a NUL byte.")
+    try:
+        os.fsencode(raw)
+    except UnicodeEncodeError:  # a lone surrogate no file name on this system can hold
+        raise JobError(
+            "invalid_params", f"{short_text(raw, 300)} is not a valid file name on this machine."
+        ) from None
     network = JobError(
         "path_not_allowed",
         f"{short_text(raw, 300)} is a network or device path; this worker reads local files only "
@@ -914,9 +1049,11 @@ def resolve_user_path(
         raise network
     if not any(is_within(lexical, root) for root in [*allowed_roots, *aliases]):
         raise _outside(raw, lexical, allowed_roots)
+    _check_not_hidden(raw, lexical, [*allowed_roots, *aliases])
     resolved = Path(os.path.realpath(str(lexical)))
     if not any(is_within(resolved, root) for root in allowed_roots):
         raise _outside(raw, resolved, allowed_roots)
+    _check_not_hidden(raw, resolved, allowed_roots)
     return resolved
 
 
@@ -1593,47 +1730,148 @@ def make_model_id(model_type: str, target: str, models_dir: Path, now: _dt.datet
 
 
 def save_model(models_dir: Path, model_id: str, estimator: Any, metadata: dict) -> Path:
-    """model.joblib + metadata.json under models_dir/model_id (metadata written last)."""
+    """model.joblib + metadata.json (with the model file's SHA-256) under models_dir/model_id.
+
+    Both files are private (0600) and metadata.json is written last.
+    """
     joblib = _require("joblib", "Saving models")
     private_dir(models_dir)
     directory = models_dir / model_id
     directory.mkdir(mode=0o700)
-    joblib.dump(estimator, directory / "model.joblib")
-    write_file_atomic(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"))
+    model_file = directory / str(metadata.get("model_file") or "model.joblib")
+    fd = os.open(str(model_file), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        joblib.dump(estimator, fh)
+    metadata = {**metadata, "model_sha256": file_sha256(model_file)}
+    write_file_atomic(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"), 0o600)
     return directory
 
 
-def check_models_dir_private(models_dir: Path) -> None:
-    """Refuse a models folder other users can write to: loading a model runs its pickled code."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trust_anchor(models_dir: Path, home: Path | None) -> Path:
+    """Where the ownership checks start: ~/.statsbot when the models live in it, else the models folder."""
+    real = Path(os.path.realpath(str(models_dir)))
+    if home is not None:
+        real_home = Path(os.path.realpath(str(home)))
+        if is_within(real, real_home):
+            return real_home
+    return real
+
+
+def ownership_problem(path: Path, anchor: Path) -> str | None:
+    """Why path cannot be trusted to hold only what this worker wrote, or None.
+
+    Every folder from anchor (~/.statsbot) down to path, and path itself, must belong to the
+    worker's user and must not be writable by group or others: whoever else could write there
+    could plant a model, and loading a model runs its pickled code. (Not checked on Windows.)
+    """
     if os.name == "nt":
-        return
+        return None
     try:
-        mode = os.stat(models_dir).st_mode
-    except OSError:
-        return  # no folder: the model is simply not found
-    if mode & 0o022:
-        raise JobError(
-            "unreadable",
-            f"Refusing to load models from {models_dir}: other users can write to that folder, so a "
-            f"model there could have been replaced. Run 'chmod go-w {models_dir}' and try again.",
+        real = Path(os.path.realpath(str(path)))
+    except (OSError, ValueError) as exc:  # e.g. a NUL byte in a file name from metadata.json
+        return f"{short_text(str(path), 200)} cannot be checked ({exc})"
+    if not is_within(real, anchor):
+        return f"{path} is outside {anchor}"
+    uid = os.getuid()
+    chain = [real, *[p for p in real.parents if is_within(p, anchor)]]
+    for item in reversed(chain):  # from the anchor down, so the message names the top-most problem
+        try:
+            st = os.lstat(item)
+        except (OSError, ValueError) as exc:
+            return f"{item} cannot be checked ({getattr(exc, 'strerror', None) or exc})"
+        if st.st_uid != uid:
+            return (
+                f"{item} belongs to another user (uid {st.st_uid}), who could have planted a model there. "
+                "Train the model again, or keep models in a folder of your own (--models-dir)"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            return (
+                f"other users can write to {item} (mode {stat.S_IMODE(st.st_mode):o}), so a model there could "
+                f"have been replaced. Run 'chmod go-w {item}' and try again"
+            )
+    return None
+
+
+_DIGEST_CACHE: dict[tuple, str] = {}  # (path, device, inode, size, mtime) -> SHA-256, for list_models
+
+
+def _cached_sha256(path: Path) -> str:
+    st = os.stat(path)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGEST_CACHE:
+        if len(_DIGEST_CACHE) > 1000:
+            _DIGEST_CACHE.clear()
+        _DIGEST_CACHE[key] = file_sha256(path)
+    return _DIGEST_CACHE[key]
+
+
+def model_problem(directory: Path, metadata: dict, anchor: Path, digest: str | None = None) -> str | None:
+    """Why a saved model must not be loaded (ownership, permissions, checksum), or None.
+
+    digest: the SHA-256 of the model file as it will be loaded (computed here when None).
+    """
+    model_file = directory / str(metadata.get("model_file") or "model.joblib")
+    for item in (model_file, directory / "metadata.json"):
+        problem = ownership_problem(item, anchor)
+        if problem:
+            return problem
+    recorded = metadata.get("model_sha256")
+    if not isinstance(recorded, str) or not recorded:
+        return (
+            "it was saved without a checksum (by an older worker), so it cannot be verified. Train it again"
         )
+    try:
+        actual = digest or _cached_sha256(model_file)
+    except OSError as exc:
+        return f"its model file cannot be read ({exc.strerror or exc})"
+    if actual != recorded.strip().lower():  # a checksum, not a secret: a plain comparison is right
+        return "its model file changed after it was saved (the SHA-256 does not match metadata.json). Train it again"
+    return None
 
 
-def load_model(models_dir: Path, model_id: Any) -> tuple[dict, Any]:
+def check_models_dir_private(models_dir: Path, home: Path | None = None) -> None:
+    """Refuse a models folder that others own or can write to: loading a model runs its pickled code."""
+    if not os.path.isdir(models_dir):
+        return  # no folder yet: it is created private
+    problem = ownership_problem(models_dir, trust_anchor(models_dir, home))
+    if problem:
+        raise JobError("model_refused", f"Refusing to load models from {models_dir}: {problem}.")
+
+
+def load_model(models_dir: Path, model_id: Any, home: Path | None = None) -> tuple[dict, Any]:
+    """metadata and the estimator of a model this worker saved, after the ownership and checksum checks."""
     directory = model_dir_for(models_dir, validate_model_id(model_id))
-    check_models_dir_private(Path(os.path.realpath(str(models_dir))))
+    check_models_dir_private(models_dir, home)
     meta_file = directory / "metadata.json"
     if not meta_file.is_file():
         raise JobError("model_not_found", f"No model {model_id} on this machine (see /models in the bot).")
     try:
         metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata.json is not an object")
     except (OSError, ValueError) as exc:
         raise JobError("model_not_found", f"Model {model_id} is damaged: {exc}") from None
     joblib = _require("joblib", "Loading models")
     model_file = directory / str(metadata.get("model_file") or "model.joblib")
     if not model_file.is_file() or not is_within(model_file.resolve(), directory):
         raise JobError("model_not_found", f"Model {model_id} has no model file.")
-    return metadata, joblib.load(model_file)
+    with open(model_file, "rb") as fh:  # hashed and loaded through one handle: what was checked is loaded
+        digest = hashlib.sha256()
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(block)
+        problem = model_problem(directory, metadata, trust_anchor(models_dir, home), digest.hexdigest())
+        if problem:
+            raise JobError("model_refused", f"Refusing to load model {model_id}: {problem}.")
+        fh.seek(0)
+        return metadata, joblib.load(fh)
 
 
 # --------------------------------------------------------------------------- jobs: describe
@@ -1953,29 +2191,53 @@ def default_output_path(input_path: Path, outputs_dir: Path) -> Path:
     return outputs_dir / f"{input_path.stem}_predictions_{time.strftime('%Y%m%d_%H%M%S')}.csv"
 
 
-def publish_new_file(tmp: Path, dest: Path, label: str) -> None:
-    """Move tmp to dest only if dest does not exist (atomically where the system allows)."""
-    exists = JobError(
-        "invalid_params",
-        f"{short_text(label, 300)} was created while predicting; the worker never overwrites a file "
-        "it was given. Choose a new file name.",
-    )
+def link_new_file(tmp: Path, dest: Path) -> bool:
+    """Move tmp to dest unless dest exists (atomically where the system allows); False if it exists."""
     if os.name == "nt":
         try:
             os.rename(tmp, dest)  # Windows: rename never replaces an existing file
         except FileExistsError:
-            raise exists from None
-        return
+            return False
+        return True
     try:
-        os.link(tmp, dest)  # fails if dest exists, whatever appeared there since the check
+        os.link(tmp, dest)  # fails if dest exists, whatever appeared there since any check
     except FileExistsError:
-        raise exists from None
-    except OSError:  # no hard links on this file system: check, then rename
-        if os.path.lexists(dest):
-            raise exists from None
+        return False
+    except OSError:  # no hard links on this file system: claim the name, then rename onto our claim
+        try:
+            os.close(os.open(str(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
         os.replace(tmp, dest)
-        return
+        return True
     os.unlink(tmp)
+    return True
+
+
+def publish_new_file(tmp: Path, dest: Path, label: str) -> None:
+    """Move tmp to dest only if dest does not exist: a file the worker was given is never replaced."""
+    if not link_new_file(tmp, dest):
+        raise JobError(
+            "invalid_params",
+            f"{short_text(label, 300)} was created while predicting; the worker never overwrites a file "
+            "it was given. Choose a new file name.",
+        )
+
+
+def publish_numbered(tmp: Path, dest: Path, attempts: int = 1000) -> Path:
+    """Move tmp to dest, or to <stem>_2<suffix>, _3, ... when that name is taken; returns the name used.
+
+    The default prediction file never replaces an existing file, whoever wrote it.
+    """
+    for n in range(1, attempts + 1):
+        candidate = dest if n == 1 else dest.with_name(f"{dest.stem}_{n}{dest.suffix}")
+        if link_new_file(tmp, candidate):
+            return candidate
+    raise JobError(
+        "invalid_params",
+        f"{dest.parent} already holds {dest.name} and {attempts - 1} numbered versions of it; "
+        "give output_path or remove some of them.",
+    )
 
 
 class CsvSink:
@@ -2049,7 +2311,7 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
     path, fmt = check_input_file(
         ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes, s.root_aliases
     )
-    metadata, estimator = load_model(s.models_dir, model_id)
+    metadata, estimator = load_model(s.models_dir, model_id, s.paths.home)
     header = read_columns(path, fmt)
     missing = [f for f in metadata["features"] if f not in header]
     if missing:
@@ -2082,10 +2344,8 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
             for chunk in iter_chunks(path, fmt, chunk_rows):
                 ctx.checkpoint()
                 labels, proba = predict_frame(estimator, metadata, chunk)
-                out = chunk.copy(deep=False)
-                out[pred_col] = labels
-                for i, col in enumerate(proba_cols):
-                    out[col] = proba[:, i].round(6)
+                added = {pred_col: labels, **{col: proba[:, i].round(6) for i, col in enumerate(proba_cols)}}
+                out = _pandas().concat([chunk, _pandas().DataFrame(added, index=chunk.index)], axis=1)
                 sink.write(out)
                 if classification:
                     for label, n in _pandas().Series(labels).astype(str).value_counts().items():
@@ -2106,22 +2366,29 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
         if raw_out:
             publish_new_file(tmp, output, raw_out)
         else:
-            os.replace(tmp, output)  # <stem>_predictions.csv is ours: a new run replaces it
+            output = publish_numbered(tmp, output)  # never replaces a file, not even an earlier run's
     finally:
         if tmp.exists():
             tmp.unlink()
-    summary = (
-        {"counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:50])}
-        if classification
-        else stats.summary()
-    )
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:LABELS_MAX]
+    summary = {"counts": dict(top)} if classification else stats.summary()
+    shown = list(range(len(out_columns)))
+    if len(classes) > LABELS_MAX:  # name only the classes the counts name (the data budget's labels)
+        predicted = {label for label, _ in top}
+        shown = [0] + [i + 1 for i, c in enumerate(classes) if c in predicted]
+    shown_columns = [out_columns[i] for i in shown]
+    keep = list(range(len(sample_inputs))) + [len(sample_inputs) + i for i in shown]
     ctx.progress(100, "done", f"Wrote {fmt_int(done)} predictions to {output.name}", force=True)
     return {
         "model_id": model_id,
         "rows": done,
         "output_path": str(output),
-        "columns": [short_name(c) for c in out_columns],
-        "sample": {"columns": [short_name(c) for c in sample_inputs + out_columns], "rows": sample_rows},
+        "columns": [short_name(c) for c in shown_columns],
+        "n_columns": len(header) + len(out_columns),
+        "sample": {
+            "columns": [short_name(c) for c in sample_inputs + shown_columns],
+            "rows": [[row[i] for i in keep] for row in sample_rows],
+        },
         "summary": summary,
         "duration_s": round(time.monotonic() - started, 2),
     }
@@ -2130,12 +2397,17 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
 # --------------------------------------------------------------------------- jobs: models on disk
 
 
-def list_models(models_dir: Path) -> tuple[list[dict], list[str]]:
-    """Saved models, newest first, and warnings for folders that could not be read."""
+def list_models(models_dir: Path, home: Path | None = None) -> tuple[list[dict], list[str]]:
+    """Saved models, newest first, and warnings for folders that could not be read.
+
+    A model that would be refused when loading (see model_problem) is listed with the reason in
+    ``refused`` (None for a usable model).
+    """
     models: list[dict] = []
     warnings: list[str] = []
     if not models_dir.is_dir():
         return models, warnings
+    anchor = trust_anchor(models_dir, home)
     for entry in sorted(models_dir.iterdir()):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
@@ -2154,6 +2426,7 @@ def list_models(models_dir: Path) -> tuple[list[dict], list[str]]:
                     "features": [short_name(f) for f in list(meta.get("features") or [])[:30]],
                     "main_metric": meta.get("main_metric"),
                     "metrics": meta.get("metrics"),
+                    "refused": model_problem(entry, meta, anchor),
                 }
             )
         except (OSError, ValueError) as exc:
@@ -2164,7 +2437,7 @@ def list_models(models_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def job_list_models(ctx: JobContext) -> dict:
-    models, warnings = list_models(ctx.settings.models_dir)
+    models, warnings = list_models(ctx.settings.models_dir, ctx.settings.paths.home)
     return {"models": models[:200], "warnings": warnings[:20]}
 
 
@@ -2521,6 +2794,146 @@ def remove_autostart(env: AutostartEnv) -> dict:
     raise JobError("unsupported", f"Autostart is not supported on {env.system}.")
 
 
+# --------------------------------------------------------------------------- the data budget
+
+SAMPLE_ROWS_MAX = 10  # rows of the user's file in one result
+LABELS_MAX = 50  # different category labels (classes, predicted values) in one result
+LABEL_CHARS = 200  # each label is cut to this many characters
+CHART_BINS_MAX = 20  # predicted-vs-actual: at most this many bins...
+CHART_BIN_MIN_ROWS = 5  # ...of at least this many held-out rows each
+
+
+class ResultBudget:
+    """The labels one result may name: at most LABELS_MAX, each cut to LABEL_CHARS characters."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, Any] = {}
+
+    def admit(self, value: Any) -> tuple[bool, Any]:
+        """(True, the label as sent) when it fits in the budget (or is already in it), else (False, None)."""
+        label = json_safe(value, LABEL_CHARS)
+        if isinstance(label, (list, dict)):
+            label = json_safe(str(label), LABEL_CHARS)
+        key = json.dumps(label, ensure_ascii=False)
+        if key in self._labels:
+            return True, label
+        if len(self._labels) >= LABELS_MAX:
+            return False, None
+        self._labels[key] = label
+        return True, label
+
+    def labels(self, values: list) -> list:
+        """The values that fit, in order."""
+        kept = []
+        for value in values:
+            ok, label = self.admit(value)
+            if ok:
+                kept.append(label)
+        return kept
+
+
+def binned_predicted_vs_actual(points: Any) -> list[list]:
+    """Held-out [predicted, actual] pairs as bins: [mean predicted, mean actual, rows], sorted by actual.
+
+    Rows are sorted by their actual value and cut into at most CHART_BINS_MAX bins of nearly equal
+    size, each of at least CHART_BIN_MIN_ROWS rows, so no single row's value is sent. Entries that
+    are already bins (three numbers, enough rows) are kept as they are.
+    """
+    if not isinstance(points, list):
+        return []
+    raw: list[tuple[float, float]] = []
+    bins: list[list] = []
+    for item in points:
+        if not isinstance(item, (list, tuple)) or not all(_finite(v) for v in item):
+            continue
+        if len(item) == 2:
+            raw.append((float(item[0]), float(item[1])))
+        elif len(item) == 3 and int(item[2]) >= CHART_BIN_MIN_ROWS:
+            bins.append([round_float(item[0]), round_float(item[1]), int(item[2])])
+    if raw:
+        raw.sort(key=lambda pa: pa[1])
+        n = len(raw)
+        k = min(CHART_BINS_MAX, n // CHART_BIN_MIN_ROWS)
+        for i in range(k):
+            part = raw[i * n // k : (i + 1) * n // k]
+            bins.append(
+                [
+                    round_float(sum(p for p, _ in part) / len(part)),
+                    round_float(sum(a for _, a in part) / len(part)),
+                    len(part),
+                ]
+            )
+    return sorted(bins, key=lambda b: b[1])[:CHART_BINS_MAX]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounded_rows(rows: Any) -> list:
+    """At most SAMPLE_ROWS_MAX rows (lists or objects), every cell JSON-safe and cut to 60 characters."""
+    out = []
+    for row in list(rows)[:SAMPLE_ROWS_MAX] if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            out.append({short_name(k): json_safe(v) for k, v in row.items()})
+        elif isinstance(row, (list, tuple)):
+            out.append([json_safe(v) for v in row])
+    return out
+
+
+def bounded_result(data: dict) -> dict:
+    """The data budget: every successful result passes through here before it leaves the machine.
+
+    Values from the user's files may travel only in these fields, each held to its limit:
+
+    - ``sample``: at most SAMPLE_ROWS_MAX rows (describe: a list of row objects; predict:
+      ``{"columns", "rows"}``), strings cut to 60 characters;
+    - ``classes`` (train): at most LABELS_MAX labels, ``n_classes`` gives the full count;
+      ``confusion_matrix``: counts, kept only when all its labels fit in the budget;
+    - ``summary.counts`` (predict): the LABELS_MAX most frequent predicted labels;
+    - ``predicted_vs_actual`` (train): bins of at least CHART_BIN_MIN_ROWS rows, never single rows.
+
+    One result names at most LABELS_MAX different labels in all, each cut to LABEL_CHARS
+    characters. Every other field carries names, counts and statistics only: a new field that
+    carries values from the file gets its rule here (tests/worker_script/test_worker_budget.py
+    checks every job type against the budget).
+    """
+    if not isinstance(data, dict):
+        return data
+    budget = ResultBudget()
+    if isinstance(data.get("classes"), list):
+        data["n_classes"] = len(data["classes"])
+        data["classes"] = budget.labels(data["classes"])
+    matrix = data.get("confusion_matrix")
+    if matrix is not None:
+        labels = matrix.get("labels") if isinstance(matrix, dict) else None
+        kept = budget.labels(labels) if isinstance(labels, list) else []
+        if not isinstance(labels, list) or len(kept) != len(labels):
+            del data["confusion_matrix"]  # a confusion matrix without all its labels means nothing
+        else:
+            matrix["labels"] = kept
+    summary = data.get("summary")
+    if isinstance(summary, dict) and isinstance(summary.get("counts"), dict):
+        counts = {}
+        for label, n in sorted(summary["counts"].items(), key=lambda kv: -kv[1] if _finite(kv[1]) else 0):
+            ok, text = budget.admit(str(label))
+            if ok:
+                counts[text] = n
+        summary["counts"] = counts
+    if "predicted_vs_actual" in data:
+        bins = binned_predicted_vs_actual(data["predicted_vs_actual"])
+        if bins:
+            data["predicted_vs_actual"] = bins
+        else:
+            del data["predicted_vs_actual"]
+    sample = data.get("sample")
+    if isinstance(sample, list):
+        data["sample"] = _bounded_rows(sample)
+    elif isinstance(sample, dict):
+        sample["rows"] = _bounded_rows(sample.get("rows"))
+    return data
+
+
 # --------------------------------------------------------------------------- running one job
 
 
@@ -2546,7 +2959,7 @@ def error_result(job_id: str, code: str, message: str) -> dict:
 def execute_job(fn: Callable[[JobContext], dict], ctx: JobContext) -> dict:
     """Run a job function; every outcome, including any exception, becomes a result message."""
     try:
-        data = fn(ctx)
+        data = bounded_result(fn(ctx))
         message = {"type": "result", "job_id": ctx.job_id, "success": True, "data": sanitize_json(data)}
     except JobCancelled:
         message = error_result(ctx.job_id, "cancelled", "Cancelled.")
@@ -2606,7 +3019,8 @@ def ensure_saved_copy(
     """Keep ~/.statsbot/statsbot_worker.py (what autostart and updates run) up to date.
 
     From a real file the bytes are copied; when run from a pipe (no file) the script is
-    downloaded again from the server's /worker URL and checked before it is saved.
+    downloaded again from the server's /worker URL and checked before it is saved. A copy that
+    is replaced is kept as statsbot_worker.previous.py.
     """
     target = paths.script
     if own_file and os.path.isfile(own_file):
@@ -2616,6 +3030,7 @@ def ensure_saved_copy(
         data = source.read_bytes()
         if target.exists() and target.read_bytes() == data:
             return True, ""
+        keep_previous(paths)
         write_file_atomic(target, data)
         return True, f"Saved a copy of this script to {target}"
     url = download_url_for(server)
@@ -2625,8 +3040,12 @@ def ensure_saved_copy(
         if target.exists():
             return True, f"Could not refresh {target} from {url} ({exc}); keeping the copy already there."
         return False, f"Could not save a copy of this script: downloading {url} failed ({exc})."
-    write_file_atomic(target, text.encode("utf-8"))
-    return True, f"Saved a copy of worker {version} to {target}"
+    data = text.encode("utf-8")
+    if target.exists() and target.read_bytes() == data:
+        return True, ""
+    keep_previous(paths)
+    write_file_atomic(target, data)
+    return True, f"Saved a copy of worker {version} from {url} to {target} (SHA-256 {sha256_hex(data)})"
 
 
 def version_is_newer(candidate: str, current: str = WORKER_VERSION) -> bool:
@@ -2638,26 +3057,139 @@ def version_is_newer(candidate: str, current: str = WORKER_VERSION) -> bool:
     return new + (0,) * (width - len(new)) > old + (0,) * (width - len(old))
 
 
-def apply_update(
+SELF_CHECK_TIMEOUT_S = 120.0
+CONNECTED = threading.Event()  # set once this process has authenticated (ends an update's probation)
+
+
+class UpdateError(Exception):
+    """An update that was not installed; the message says why (the running version stays)."""
+
+
+class UpToDate(UpdateError):
+    """The server offers no newer version."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def keep_previous(paths: Paths) -> None:
+    """Copy the saved script to statsbot_worker.previous.py before it is replaced."""
+    if paths.script.is_file():
+        write_file_atomic(paths.previous_script, paths.script.read_bytes())
+
+
+def runtime_python(paths: Paths, versions: dict[str, str | None]) -> str:
+    """The Python the worker runs with here: this one if it has the packages, else the private env's."""
+    if not missing_required(versions):
+        return sys.executable
+    python = venv_python(paths.venv)
+    return str(python) if python.exists() else sys.executable
+
+
+def run_self_check(
+    python: str, script: Path, args: list[str], home: Path, timeout: float = SELF_CHECK_TIMEOUT_S
+) -> None:
+    """Run ``python script --self-check args`` (a new file's first run); UpdateError unless it exits 0."""
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    env["STATSBOT_HOME"] = str(home)
+    try:
+        proc = subprocess.run(
+            [python, str(script), "--self-check", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise UpdateError(f"the new version's self-check did not finish within {timeout:.0f} s") from None
+    except OSError as exc:
+        raise UpdateError(f"the new version's self-check could not run ({exc})") from None
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        raise UpdateError(
+            f"the new version failed its self-check (exit code {proc.returncode}): "
+            + short_text(lines[-1] if lines else "no output", 200)
+        )
+
+
+def install_update(
     url: str,
-    target: Path,
+    paths: Paths,
+    *,
     fetch: Callable[[str], str] = fetch_text,
     current: str = WORKER_VERSION,
-    announce: Callable[[str], None] | None = None,
-) -> str:
-    """Download and check a new worker script, then atomically install it; returns its version.
+    announce: Callable[[str, str], None] | None = None,
+    check: Callable[[Path], None] | None = None,
+) -> tuple[str, str]:
+    """Download, check and install a newer worker script; returns (version, SHA-256).
 
-    Nothing is written unless the script compiles, has a WORKER_VERSION line and that version is
-    strictly newer than ``current``; ``announce(version)`` is called just before writing.
+    In this order, and nothing is installed unless every step passes: download (no redirects);
+    compile it and read its WORKER_VERSION, which must be strictly newer than ``current``;
+    ``announce(version, sha256)`` (shown before the new code ever runs); ``check(file)``, its
+    self-check (its first run, raising UpdateError); then the running copy is kept as
+    statsbot_worker.previous.py and the new one replaces it atomically.
     """
-    text = fetch(url)
-    version = validate_script(text)
+    try:
+        text = fetch(url)
+        version = validate_script(text)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UpdateError(f"downloading {url} failed: {short_text(str(exc), 200)}") from None
     if not version_is_newer(version, current):
-        raise ValueError(f"the server offers version {short_text(version, 40)}, not newer than {current}")
+        raise UpToDate(f"the server offers version {short_text(version, 40)}, not newer than {current}")
+    data = text.encode("utf-8")
+    digest = sha256_hex(data)
     if announce is not None:
-        announce(version)
-    write_file_atomic(target, text.encode("utf-8"))
-    return version
+        announce(version, digest)
+    candidate = paths.home / "statsbot_worker.new.py"
+    write_file_atomic(candidate, data, 0o600)
+    try:
+        if check is not None:
+            check(candidate)
+        keep_previous(paths)
+        os.replace(candidate, paths.script)
+    finally:
+        if candidate.exists():
+            candidate.unlink()
+    # Its first runs are on probation until one connects (see main and roll_back_update).
+    ConfigStore(paths.config).update(update_probation={"version": version, "from": current})
+    return version, digest
+
+
+def on_probation(paths: Paths) -> dict | None:
+    """The update this run is the first run of (config.json's update_probation for this version)."""
+    probation = ConfigStore(paths.config).load().get("update_probation")
+    if isinstance(probation, dict) and probation.get("version") == WORKER_VERSION:
+        return probation
+    return None
+
+
+def roll_back_update(paths: Paths, info: dict, code: int, console: Console) -> bool:
+    """Put statsbot_worker.previous.py back after a new version failed to start; True if it was."""
+    previous = paths.previous_script
+    before = short_text(str(info.get("from") or "the previous version"), 40)
+    if not previous.is_file():
+        console.status(
+            f"Worker {WORKER_VERSION} exited with code {code} before it connected, and there is no "
+            f"previous copy to roll back to ({previous} is missing)."
+        )
+        return False
+    try:
+        if paths.script.is_file():
+            os.replace(paths.script, paths.failed_script)
+        write_file_atomic(paths.script, previous.read_bytes())
+        ConfigStore(paths.config).update(update_failed_version=WORKER_VERSION, update_probation=None)
+    except OSError as exc:
+        console.status(f"Rolling back the update failed: {exc}")
+        return False
+    console.status(
+        f"Worker {WORKER_VERSION} exited with code {code} before it connected, so the update was rolled "
+        f"back to {before} (the failed copy is kept as {paths.failed_script}). It will not be installed "
+        "automatically again; --update tries it again."
+    )
+    return True
 
 
 def reexec(argv: list[str]) -> None:
@@ -2852,6 +3384,11 @@ def close_info(exc: BaseException) -> tuple[int, str]:
     return 1006, "connection lost"
 
 
+def update_command(paths: Paths) -> str:
+    """The command that installs an update on this machine."""
+    return f"{'python' if os.name == 'nt' else 'python3'} {paths.script} --update"
+
+
 def _job_label(action: str, params: dict) -> str:
     for key in ("file_path", "model_id"):
         value = params.get(key)
@@ -2905,6 +3442,8 @@ class WorkerClient:
         self._auth_failure: dict | None = None
         self._notice = ""
         self._pending_update: dict | None = None
+        self._offers_shown: set[str] = set()
+        self._saved_mark: tuple | None = None  # (mtime, size) of the saved copy, to notice --update
         self._tasks: set = set()
         self._last_rx = time.monotonic()
         self._connected_at: float | None = None
@@ -2918,6 +3457,11 @@ class WorkerClient:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        try:
+            st = os.stat(self.settings.paths.script)
+            self._saved_mark = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            self._saved_mark = None
         if handle_signals:
             self._install_signal_handlers()
         try:
@@ -3067,7 +3611,11 @@ class WorkerClient:
                     raw = await ws.recv()
                     self._last_rx = time.monotonic()
                     try:
-                        outcome = await self._dispatch(_parse(raw))
+                        msg, problem = parse_frame(raw)
+                        if msg is None:
+                            self._on_unreadable_frame(raw, problem)
+                            continue
+                        outcome = await self._dispatch(msg)
                     except wse.ConnectionClosed:
                         raise
                     except Exception:  # one bad frame must not cost the connection
@@ -3098,8 +3646,13 @@ class WorkerClient:
 
     def _on_authenticated(self, reply: dict, announce: bool = True) -> None:
         credential = reply.get("credential")
+        if not CONNECTED.is_set():
+            CONNECTED.set()
+            if self.store.load().get("update_probation"):
+                self.store.update(update_probation=None)  # this version started fine
         if self.settings.token:
             self.settings.token = None  # a token works once
+            os.environ.pop(TOKEN_ENV, None)  # and a restarted worker must not try it again
             if isinstance(credential, str) and credential:
                 self.settings.credential = credential
                 self.store.update(credential=credential, server=self.settings.server)
@@ -3173,12 +3726,22 @@ class WorkerClient:
                 await ws.close(1001, "heartbeat timeout")
                 return
             await self._send({"type": "ping"})
+            outcome = self._saved_copy_update()
+            if outcome is not None:
+                self._outcome = outcome
+                await ws.close(1000, "worker restarting")
+                return
 
     async def _send(self, msg: dict) -> bool:
         ws = self._ws
         if ws is None:
             return False
-        text = json.dumps(msg, ensure_ascii=False, allow_nan=False)
+        try:
+            # Lone surrogates can only sit inside JSON strings: replacing them keeps the JSON valid.
+            text = valid_text(json.dumps(msg, ensure_ascii=False, allow_nan=False))
+        except (TypeError, ValueError) as exc:  # a value JSON cannot carry: a bug, never a crash
+            log.error("refusing to send a %s frame that is not JSON-safe: %s", msg.get("type"), exc)
+            return False
         if len(text.encode("utf-8")) >= MAX_FRAME_BYTES:
             log.error("refusing to send a %d-byte %s frame", len(text), msg.get("type"))
             return False
@@ -3227,6 +3790,17 @@ class WorkerClient:
         if code in RESULT_REFUSALS and self.unacked.pop(job_id, None) is not None:
             self._remember_acked(job_id)
 
+    def _on_unreadable_frame(self, raw: Any, problem: str) -> None:
+        """Log a frame that is not a JSON object; a job among them gets an error result."""
+        log.warning("ignoring a frame from the server: %s", problem)
+        job_id = unreadable_job_id(raw)
+        if job_id is None or job_id in self.running or job_id in self._acked or job_id in self.unacked:
+            return
+        self._finish(
+            job_id,
+            error_result(job_id, "invalid_params", f"The job could not be read: {problem}. Nothing was run."),
+        )
+
     def _remember_acked(self, job_id: str) -> None:
         self._acked[job_id] = None
         while len(self._acked) > 1000:
@@ -3247,8 +3821,9 @@ class WorkerClient:
         action = msg.get("action")
         params = msg.get("params") if msg.get("params") is not None else {}
         fn = self.actions.get(action) if isinstance(action, str) else None
-        if not isinstance(params, dict):
-            self._finish(job_id, error_result(job_id, "invalid_params", "params must be an object."))
+        problem = params_problem(params)
+        if problem:
+            self._finish(job_id, error_result(job_id, "invalid_params", problem))
             return
         if fn is None:
             self._finish(job_id, error_result(job_id, "unsupported", f"This worker cannot do {action!r}."))
@@ -3290,25 +3865,37 @@ class WorkerClient:
     # ---- updates
 
     async def _handle_update(self, msg: dict) -> Outcome | None:
-        """Self-update, only from the connected server, only to a newer version, announced."""
+        """An update offer: announced only, unless the user opted in with --auto-update.
+
+        Only the exact /worker URL of this worker's server is accepted, only a newer version,
+        and an automatic update is installed only when no job runs (see install_update).
+        """
         raw_latest = msg.get("latest_version")
         latest = short_text(raw_latest, 40) if isinstance(raw_latest, (str, int, float)) else ""
-        if self.settings.no_update:
-            self.console.status(f"Worker {latest or 'update'} is available; not updating (--no-update).")
-            return None
+        url = download_url_for(self.settings.server)
         raw_url = msg.get("url")
-        if raw_url is None or raw_url == "":
-            url = download_url_for(self.settings.server)
-        elif isinstance(raw_url, str) and same_origin(self.settings.server, raw_url):
-            url = raw_url.strip()
-        else:
+        if raw_url not in (None, "") and not is_update_url(self.settings.server, raw_url):
             shown = short_text(raw_url, 120) if isinstance(raw_url, str) else f"a {type(raw_url).__name__}"
-            self.console.status(f"Ignoring an update from {shown}: it is not on the server this worker uses.")
+            self.console.status(f"Ignoring an update offered from {shown}: updates come only from {url}.")
             return None
         if latest and not version_is_newer(latest):
             self.console.status(
                 f"Ignoring an update to version {latest}: this worker already runs {WORKER_VERSION}."
             )
+            return None
+        failed = self.store.load().get("update_failed_version")
+        if not self.settings.auto_update or (latest and latest == failed):
+            if latest not in self._offers_shown:
+                self._offers_shown.add(latest)
+                why = (
+                    " (it failed to start here before and was rolled back)"
+                    if latest and latest == failed
+                    else "; to install updates automatically, start the worker with --auto-update"
+                )
+                self.console.status(
+                    f"Update available {WORKER_VERSION} \u2192 {latest or 'a newer version'}. To install it, run "
+                    f"{update_command(self.settings.paths)} (or the connect command again){why}."
+                )
             return None
         if self.running or self.unacked:
             self._pending_update = msg
@@ -3318,23 +3905,54 @@ class WorkerClient:
             return None
         self._pending_update = None
 
-        def announce(version: str) -> None:
+        def announce(version: str, digest: str) -> None:
             self.console.status(
-                f"Updating worker {WORKER_VERSION} \u2192 {short_text(version, 40)} from {short_text(url, 300)}"
+                f"Updating worker {WORKER_VERSION} \u2192 {short_text(version, 40)} from {url} (SHA-256 {digest})"
+            )
+
+        def check(candidate: Path) -> None:
+            run_self_check(
+                self.reexec_argv[0], candidate, list(self.reexec_argv[2:]), self.settings.paths.home
             )
 
         try:
-            version = await self._loop.run_in_executor(
-                None, apply_update, url, self.settings.paths.script, self.fetch, WORKER_VERSION, announce
+            version, _ = await self._loop.run_in_executor(
+                None,
+                functools.partial(
+                    install_update, url, self.settings.paths, fetch=self.fetch, announce=announce, check=check
+                ),
             )
         except Exception as exc:
             log.warning("update failed", exc_info=True)
             self.console.status(
-                f"Update failed ({short_text(str(exc), 150)}); keeping version {WORKER_VERSION}."
+                f"Update failed ({short_text(str(exc), 200)}); keeping version {WORKER_VERSION}."
             )
             return None
         return Outcome(
             "reexec", f"Updated to version {version}; restarting.", EXIT_OK, list(self.reexec_argv)
+        )
+
+    def _saved_copy_update(self) -> Outcome | None:
+        """Restart with the saved copy once it holds a newer version (installed by --update), when idle."""
+        try:
+            st = os.stat(self.settings.paths.script)
+        except OSError:
+            return None
+        mark = (st.st_mtime_ns, st.st_size)
+        if mark == self._saved_mark or self.running or self.unacked:
+            return None
+        self._saved_mark = mark
+        try:
+            match = VERSION_LINE_RE.search(self.settings.paths.script.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not match or not version_is_newer(match.group(1)):
+            return None
+        return Outcome(
+            "reexec",
+            f"Worker {short_text(match.group(1), 40)} was installed in {self.settings.paths.script}; restarting with it.",
+            EXIT_OK,
+            list(self.reexec_argv),
         )
 
     async def _maybe_pending_update(self) -> Outcome | None:
@@ -3343,15 +3961,62 @@ class WorkerClient:
         return None
 
 
-def _parse(raw: Any) -> dict:
+def _bounded_int(text: str) -> int | float:
+    """A JSON integer; one longer than MAX_INT_DIGITS digits becomes +-inf instead.
+
+    No real field needs such a number, int() of a long digit string costs quadratic time on
+    older Pythons, and Python 3.11+ refuses more than 4,300 digits: an infinity is refused by
+    every range check downstream with the field's own clear message.
+    """
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        return float("-inf") if text.startswith("-") else float("inf")
+    return int(text)
+
+
+def parse_frame(raw: Any) -> tuple[dict | None, str]:
+    """(the frame as a JSON object, "") or (None, why it cannot be read); never raises."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
     try:
-        msg = json.loads(raw)
-    except (TypeError, ValueError, RecursionError):
-        log.warning("ignoring a frame that is not JSON")
+        msg = json.loads(raw, parse_int=_bounded_int)
+    except RecursionError:
+        return None, "it is nested too deeply"
+    except (TypeError, ValueError) as exc:
+        return None, f"it is not valid JSON ({short_text(str(exc), 80)})"
+    if not isinstance(msg, dict):
+        return None, "it is not a JSON object"
+    return msg, ""
+
+
+def _parse(raw: Any) -> dict:
+    msg, problem = parse_frame(raw)
+    if msg is None:
+        log.warning("ignoring a frame from the server: %s", problem)
         return {}
-    return msg if isinstance(msg, dict) else {}
+    return msg
+
+
+def unreadable_job_id(raw: Any) -> str | None:
+    """The job_id of a frame that looks like a job but could not be parsed, so it can be answered."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if not isinstance(raw, str) or not JOB_TYPE_RE.search(raw):
+        return None
+    match = JOB_ID_RE.search(raw)
+    return match.group(1) if match else None
+
+
+def params_problem(params: Any) -> str:
+    """Why a job's params cannot be used ("" when they can): not an object, or too big."""
+    if not isinstance(params, dict):
+        return "params must be an object."
+    try:
+        size = len(json.dumps(params, ensure_ascii=False).encode("utf-8", errors="replace"))
+    except (RecursionError, ValueError, TypeError):
+        return "params are nested too deeply."
+    if size > MAX_PARAMS_BYTES:
+        return f"params are {fmt_bytes(size)}, over this worker's limit of {fmt_bytes(MAX_PARAMS_BYTES)}."
+    return ""
 
 
 def heartbeat_interval(reply: dict, default: float = 20.0) -> float:
@@ -3386,11 +4051,38 @@ def _stdin_isatty() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit code."""
+    """Command-line entry point; returns the process exit code.
+
+    The first runs of a just-installed update are on probation: if one ends with an error before
+    it ever connected, the previous copy is put back and run instead (see roll_back_update).
+    """
+    probation = on_probation(Paths(statsbot_home()))
+    one_shot = {"--version", "--self-check", "--update", "--help", "-h"} & set(
+        sys.argv[1:] if argv is None else argv
+    )
+    if probation is None or one_shot:
+        return _main(argv)
+    try:
+        code = _main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
+    except Exception:
+        log.exception("the updated worker failed")
+        code = EXIT_ERROR
+    if code != EXIT_OK and not CONNECTED.is_set():
+        paths = Paths(statsbot_home())
+        if roll_back_update(paths, probation, code, Console()):
+            reexec([sys.executable, str(paths.script)] + (sys.argv[1:] if argv is None else list(argv)))
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.version:
         safe_print(f"statsbot-worker {WORKER_VERSION} (protocol {PROTOCOL_VERSION})")
         return EXIT_OK
+    if args.self_check:
+        return self_check(args)
     paths = Paths(statsbot_home())
     try:
         secure_home(paths)
@@ -3408,6 +4100,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         console.plain(f"Error: {exc}")
         return EXIT_USAGE
+    if args.update:
+        return update_now(args, paths, settings, store, console, sys.argv[1:] if argv is None else list(argv))
     have_copy, copy_message = ensure_saved_copy(paths, settings.server, globals().get("__file__"))
     if copy_message:
         console.status(copy_message)
@@ -3429,10 +4123,14 @@ def main(argv: list[str] | None = None) -> int:
             "In Telegram, send /connect to the bot and run the command it shows."
         )
         return EXIT_USAGE
-    console.plain("Folders this worker may read: " + _roots_text(settings.allowed_roots))
+    console.plain(
+        "Folders this worker may read: "
+        + _roots_text(settings.allowed_roots)
+        + " (not the hidden files and folders in them)"
+    )
     console.plain(f"Models are saved in: {settings.models_dir}")
     try:
-        check_models_dir_private(settings.models_dir)
+        check_models_dir_private(settings.models_dir, paths.home)
     except JobError as exc:
         console.plain(f"Warning: {exc.message}")
     console.plain(f"Log file: {paths.log_file}")
@@ -3454,6 +4152,85 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.kind == "reexec" and outcome.argv:
         reexec(outcome.argv)
     return _exit(outcome.exit_code)
+
+
+def self_check(args: argparse.Namespace) -> int:
+    """--self-check: can this copy start here (settings, packages, imports)? Changes nothing."""
+    paths = Paths(statsbot_home())
+    try:
+        settings = resolve_settings(args, ConfigStore(paths.config).load(), paths)
+    except UsageError as exc:
+        safe_print(f"Self-check failed: {exc}")
+        return EXIT_USAGE
+    missing = missing_required(package_versions())
+    if missing:
+        safe_print(f"Self-check failed: these packages are missing or too old: {', '.join(missing)}.")
+        return EXIT_MISSING_PACKAGES
+    import importlib
+
+    for module in ("websockets", "pandas", "sklearn", "lightgbm"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken installation, not only a missing one
+            safe_print(f"Self-check failed: importing {module}: {short_text(str(exc), 200)}")
+            return EXIT_MISSING_PACKAGES
+    websocket_connect()
+    safe_print(
+        f"Self-check passed: statsbot-worker {WORKER_VERSION} on Python {platform.python_version()}, "
+        f"server {settings.server}."
+    )
+    return EXIT_OK
+
+
+def update_now(
+    args: argparse.Namespace,
+    paths: Paths,
+    settings: Settings,
+    store: ConfigStore,
+    console: Console,
+    argv: list[str],
+) -> int:
+    """--update: install the newest worker from this worker's server, after showing its SHA-256."""
+    url = download_url_for(settings.server)
+    console.status(f"Checking {url} for a newer worker\u2026")
+
+    def announce(version: str, digest: str) -> None:
+        console.status(f"Update {WORKER_VERSION} \u2192 {short_text(version, 40)} from {url}")
+        console.plain(f"  SHA-256 {digest}")
+        if _stdin_isatty() and not args.yes:
+            try:
+                answer = input("Install it? [Y/n] ")
+            except EOFError:
+                answer = "n"
+            if answer.strip().lower() not in ("", "y", "yes"):
+                raise UpdateError("not installed: you said no")
+
+    python = runtime_python(paths, package_versions())
+    check_args = strip_args(
+        argv, ("--update", "--token", "--autostart", "--yes", "-y"), with_value=("--token",)
+    )
+    try:
+        version, _ = install_update(
+            url,
+            paths,
+            announce=announce,
+            check=lambda candidate: run_self_check(python, candidate, check_args, paths.home),
+        )
+    except UpToDate as exc:
+        console.status(f"This worker is up to date ({exc}).")
+        return EXIT_OK
+    except (UpdateError, OSError) as exc:
+        console.status(f"Update failed: {exc}. Keeping version {WORKER_VERSION}.")
+        return EXIT_ERROR
+    store.update(update_failed_version=None)
+    console.status(
+        f"Installed worker {version} as {paths.script} (the previous copy is kept as {paths.previous_script})."
+    )
+    console.plain(
+        "A worker running now switches to it within a minute, once it has no job to finish; otherwise "
+        f"start it with: {'python' if os.name == 'nt' else 'python3'} {paths.script}"
+    )
+    return EXIT_OK
 
 
 def _autostart_on(

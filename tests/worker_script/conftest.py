@@ -106,6 +106,8 @@ class FakeServer:
         self.script_text = script_text
         self.downloads = 0
         self.redirect_to: str | None = None  # when set, /worker answers 302 to this URL
+        self.files: dict[str, str] = {}  # other paths served over HTTP (e.g. "/worker_evil")
+        self.http_requests: list[str] = []
         self._server = None
 
     async def start(self) -> FakeServer:
@@ -128,6 +130,9 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}/worker"
 
     def _process_request(self, connection, request):
+        self.http_requests.append(request.path)
+        if request.path in self.files:
+            return connection.respond(HTTPStatus.OK, self.files[request.path])
         if request.path == "/worker":
             self.downloads += 1
             if self.redirect_to:

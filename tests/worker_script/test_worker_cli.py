@@ -78,12 +78,13 @@ def test_it_derives_the_download_url_from_the_websocket_url(sw):
     assert sw.download_url_for("ws://127.0.0.1:81/ws/worker/") == "http://127.0.0.1:81/worker"
 
 
-def test_it_accepts_updates_only_from_the_servers_own_host(sw):
+def test_it_accepts_updates_only_from_the_servers_own_worker_url(sw):
     server = "wss://bot.example/ws/worker/"
-    assert sw.same_origin(server, "https://bot.example/worker")
-    assert not sw.same_origin(server, "http://bot.example/worker")
-    assert not sw.same_origin(server, "https://evil.example/worker")
-    assert not sw.same_origin(server, "https://bot.example:444/worker")
+    assert sw.is_update_url(server, "https://bot.example/worker")
+    assert not sw.is_update_url(server, "http://bot.example/worker")
+    assert not sw.is_update_url(server, "https://evil.example/worker")
+    assert not sw.is_update_url(server, "https://bot.example:444/worker")
+    assert not sw.is_update_url(server, "https://bot.example/worker_evil")
 
 
 def test_it_keeps_the_server_placeholder_on_one_exact_line(sw, script_path):
@@ -117,7 +118,9 @@ def test_it_uses_the_saved_credential_only_for_the_same_server(sw, tmp_path):
 def test_it_defaults_to_home_and_validates_allowed_dirs(sw, tmp_path):
     paths = sw.Paths(tmp_path / "h")
     s = sw.resolve_settings(sw.parse_args(["--server", "ws://x"]), {}, paths)
-    assert s.allowed_roots == [sw.Path(os.path.realpath(sw.Path.home()))]
+    home, outputs = sw.Path(os.path.realpath(sw.Path.home())), sw.Path(os.path.realpath(paths.outputs))
+    assert s.allowed_roots == [home, outputs]  # the worker's own outputs stay readable
+    assert sw.settings_to_config(s, {})["allowed_dirs"] == [str(sw.Path.home())]
     assert s.max_file_bytes == 2048 * 1024 * 1024
     assert len(s.machine_id) == 32
     with pytest.raises(sw.UsageError):

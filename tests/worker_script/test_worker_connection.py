@@ -11,6 +11,7 @@ import io
 import json
 import os
 import stat
+import sys
 import threading
 
 import pytest
@@ -223,17 +224,20 @@ async def test_it_updates_itself_from_the_server_and_asks_to_restart(
 ):
     new_text = script_path.read_text().replace('WORKER_VERSION = "1.0.0"', 'WORKER_VERSION = "1.0.1"')
     fake_server.script_text = new_text
-    client = make_client(reexec_argv=["python", "statsbot_worker.py", "--server", "x"])
+    settings.auto_update = True
+    argv = [sys.executable, "statsbot_worker.py", "--server", fake_server.url]
+    client = make_client(reexec_argv=argv)
     task = await _start(client)
     ws = await fake_server.connection()
     await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
-    outcome = await asyncio.wait_for(task, 15)
-    assert outcome.kind == "reexec" and outcome.argv == ["python", "statsbot_worker.py", "--server", "x"]
+    outcome = await asyncio.wait_for(task, 60)
+    assert outcome.kind == "reexec" and outcome.argv == argv
     assert settings.paths.script.read_text() == new_text and fake_server.downloads == 1
 
 
 async def test_it_keeps_running_when_the_update_is_broken(sw, make_client, fake_server, settings):
     fake_server.script_text = 'WORKER_VERSION = "2.0.0"\ndef broken(:\n'
+    settings.auto_update = True
     client = make_client()
     task = await _start(client)
     ws = await fake_server.connection()
@@ -245,7 +249,7 @@ async def test_it_keeps_running_when_the_update_is_broken(sw, make_client, fake_
     await ws.send(json.dumps({"type": "update", "url": "https://elsewhere.example/worker"}))
     await _job(ws, "after2", "list_models")
     await fake_server.next("result", "after2")
-    assert any("not on the server" in line for line in client.console.lines)
+    assert any("updates come only from" in line for line in client.console.lines)
     await _stop(client, task)
 
 

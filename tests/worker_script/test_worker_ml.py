@@ -224,7 +224,9 @@ def test_it_trains_and_predicts_diabetes_regression(sw, run_job, data_root, diab
     )
     assert data["task_type"] == "regression" and data["main_metric"]["name"] == "r2"
     assert data["metrics"]["r2"] > 0.25 and data["metrics"]["rmse"] > data["metrics"]["mae"] > 0
-    assert len(data["predicted_vs_actual"]) == data["n_test"] == 89
+    bins = data["predicted_vs_actual"]  # [mean predicted, mean actual, rows]: never a single row's value
+    assert data["n_test"] == 89 and sum(b[2] for b in bins) == 89 and len(bins) == 17
+    assert all(b[2] >= 5 for b in bins) and [b[1] for b in bins] == sorted(b[1] for b in bins)
     assert data["model_id"].startswith(f"{model}_target_")
     pred = _ok(
         run_job(sw.job_predict, {"file_path": str(path), "model_id": data["model_id"]}, chunk_rows=50)[0]

@@ -9,6 +9,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import io
 import json
@@ -94,12 +95,22 @@ def test_it_never_follows_a_redirect_when_downloading_the_script(sw, redirecting
     assert _RedirectingHandler.hits == ["/plain", "/worker"]  # /elsewhere was never asked for
 
 
-def test_it_accepts_update_urls_only_with_the_servers_exact_scheme_host_and_port(sw):
+def test_it_accepts_only_the_exact_worker_url_of_its_server_for_updates(sw):
     ws_server, wss_server = "ws://bot.example:8000/ws/worker/", "wss://bot.example/ws/worker/"
-    assert sw.same_origin(ws_server, "http://bot.example:8000/worker")
-    assert sw.same_origin(wss_server, "https://BOT.example:443/worker")
-    assert not sw.same_origin(ws_server, "https://bot.example:8000/worker")  # scheme must match too
-    assert not sw.same_origin(wss_server, "https://user:pw@bot.example/worker")
+    assert sw.is_update_url(ws_server, "http://bot.example:8000/worker")
+    assert sw.is_update_url(wss_server, "https://BOT.example:443/worker")
+    assert sw.is_update_url("wss://bot.example/prefix/ws/worker/", "https://bot.example/prefix/worker")
+    for other in (
+        "https://bot.example:8000/worker",  # scheme must match too
+        "http://bot.example:8000/worker_evil",
+        "http://bot.example:8000/worker/",
+        "http://bot.example:8000/worker/../evil",
+        "http://bot.example:8000/other/worker",
+        "http://bot.example:8000/worker?v=2",
+        "http://bot.example:8000/worker#x",
+        "http://user:pw@bot.example:8000/worker",
+    ):
+        assert not sw.is_update_url(ws_server, other), other
     for malformed in (
         "https://bot.example:99999/worker",
         "https://bot.example:abc/",
@@ -107,7 +118,7 @@ def test_it_accepts_update_urls_only_with_the_servers_exact_scheme_host_and_port
         42,
         None,
     ):
-        assert sw.same_origin(wss_server, malformed) is False  # never raises
+        assert sw.is_update_url(wss_server, malformed) is False  # never raises
 
 
 @pytest.mark.parametrize(
@@ -128,35 +139,75 @@ def test_it_treats_only_strictly_newer_versions_as_updates(sw, candidate, newer)
 
 @pytest.mark.parametrize("served_version", ["1.0.0", "0.9.0"])
 def test_it_refuses_an_update_that_is_not_newer_before_writing_anything(sw, tmp_path, served_version):
-    target = tmp_path / "statsbot_worker.py"
+    paths = sw.Paths(tmp_path)
     announced = []
-    with pytest.raises(ValueError, match="not newer"):
-        sw.apply_update(
+    with pytest.raises(sw.UpToDate, match="not newer"):
+        sw.install_update(
             "http://x/worker",
-            target,
+            paths,
             fetch=lambda url: f'WORKER_VERSION = "{served_version}"\n',
             current="1.0.0",
-            announce=announced.append,
+            announce=lambda *a: announced.append(a),
         )
-    assert not target.exists() and announced == []
-    target.write_text("old copy")
-    with pytest.raises(ValueError, match="compile"):
-        sw.apply_update("http://x/worker", target, fetch=lambda url: 'WORKER_VERSION = "2.0"\ndef (:\n')
-    assert target.read_text() == "old copy" and os.listdir(tmp_path) == ["statsbot_worker.py"]
+    assert os.listdir(tmp_path) == [] and announced == []
+    paths.script.write_text("old copy")
+    with pytest.raises(sw.UpdateError, match="compile"):
+        sw.install_update("http://x/worker", paths, fetch=lambda url: 'WORKER_VERSION = "2.0"\ndef (:\n')
+    assert paths.script.read_text() == "old copy" and os.listdir(tmp_path) == ["statsbot_worker.py"]
+
+
+def test_it_shows_the_sha256_before_the_new_code_runs_and_keeps_the_previous_copy(sw, tmp_path):
+    paths = sw.Paths(tmp_path)
+    paths.script.write_text('WORKER_VERSION = "1.0.0"\n')
+    new = 'WORKER_VERSION = "1.1.0"\n'
+    events = []
+
+    def check(candidate):
+        events.append(("check", candidate.read_text()))
+
+    version, digest = sw.install_update(
+        "http://x/worker",
+        paths,
+        fetch=lambda url: new,
+        announce=lambda v, d: events.append(("announce", v, d)),
+        check=check,
+    )
+    assert (version, digest) == ("1.1.0", hashlib.sha256(new.encode()).hexdigest())
+    assert events == [("announce", "1.1.0", digest), ("check", new)]  # the hash is shown first
+    assert (
+        paths.script.read_text() == new and paths.previous_script.read_text() == 'WORKER_VERSION = "1.0.0"\n'
+    )
+
+
+def test_it_installs_nothing_when_the_new_version_fails_its_self_check(sw, tmp_path):
+    paths = sw.Paths(tmp_path)
+    paths.script.write_text('WORKER_VERSION = "1.0.0"\n')
+    broken = 'WORKER_VERSION = "1.1.0"\nimport sys\nprint("cannot start: no module named foo")\nsys.exit(4)\n'
+    with pytest.raises(sw.UpdateError, match=r"self-check \(exit code 4\): cannot start"):
+        sw.install_update(
+            "http://x/worker",
+            paths,
+            fetch=lambda url: broken,
+            check=lambda candidate: sw.run_self_check(sys.executable, candidate, [], tmp_path),
+        )
+    assert paths.script.read_text() == 'WORKER_VERSION = "1.0.0"\n'
+    assert sorted(os.listdir(tmp_path)) == ["statsbot_worker.py"]  # no candidate left behind
 
 
 async def test_it_announces_the_update_on_the_terminal_before_restarting(
     sw, make_client, fake_server, settings, script_path
 ):
     fake_server.script_text = _new_version_script(script_path)
+    settings.auto_update = True
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
     await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
-    outcome = await asyncio.wait_for(task, 15)
+    outcome = await asyncio.wait_for(task, 60)
     assert outcome.kind == "reexec"
     terminal = client.console.stream.getvalue()
-    assert f"Updating worker 1.0.0 \u2192 1.0.1 from {fake_server.http_url}" in terminal
+    digest = hashlib.sha256(fake_server.script_text.encode()).hexdigest()
+    assert f"Updating worker 1.0.0 \u2192 1.0.1 from {fake_server.http_url} (SHA-256 {digest})" in terminal
     assert settings.paths.script.read_text() == fake_server.script_text
 
 
@@ -165,6 +216,7 @@ async def test_it_refuses_a_redirected_update_and_an_offer_that_is_not_newer(
 ):
     fake_server.script_text = _new_version_script(script_path)
     fake_server.redirect_to = fake_server.http_url + "?evil"
+    settings.auto_update = True
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
@@ -179,17 +231,20 @@ async def test_it_refuses_a_redirected_update_and_an_offer_that_is_not_newer(
     await _stop(client, task)
 
 
-async def test_it_only_mentions_the_update_with_no_update(
+async def test_it_only_announces_an_update_unless_auto_update_is_on(
     sw, make_client, fake_server, settings, script_path
 ):
     fake_server.script_text = _new_version_script(script_path)
-    settings.no_update = True
+    assert settings.auto_update is False  # the default
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
-    await _roundtrip(fake_server, ws, "j")
-    assert any("--no-update" in line for line in client.console.lines)
+    for job_id in ("j1", "j2"):  # offered on every connection: said once
+        await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+        await _roundtrip(fake_server, ws, job_id)
+    offers = [line for line in client.console.lines if "Update available" in line]
+    assert len(offers) == 1 and "1.0.0 \u2192 1.0.1" in offers[0]
+    assert f"python3 {settings.paths.script} --update" in offers[0] and "--auto-update" in offers[0]
     assert fake_server.downloads == 0 and not settings.paths.script.exists()
     await _stop(client, task)
 
@@ -259,13 +314,13 @@ def test_it_accepts_paths_through_an_allowed_folder_named_by_a_symlink(sw, data_
     (data_root / "a.csv").write_text("x\n1\n")
     paths = sw.Paths(tmp_path / "h")
     s = sw.resolve_settings(sw.parse_args(["--server", "ws://x", "--allow-dir", str(link)]), {}, paths)
-    assert s.allowed_roots == [data_root] and s.root_aliases == [link]
+    assert s.allowed_roots[0] == data_root and s.root_aliases[0] == link
     got = sw.check_input_file(str(link / "a.csv"), s.allowed_roots, 1024, s.root_aliases)
     assert got == (data_root / "a.csv", "csv")
     saved = sw.settings_to_config(s, {})
     assert saved["allowed_dirs"] == [str(link)]  # the folder as named, resolved again at each start
     again = sw.resolve_settings(sw.parse_args(["--server", "ws://x"]), saved, paths)
-    assert again.allowed_roots == [data_root] and again.root_aliases == [link]
+    assert again.allowed_roots == s.allowed_roots and again.root_aliases == s.root_aliases
 
 
 # ----------------------------------------------------------------- 3. long column names
@@ -343,11 +398,14 @@ def test_it_refuses_to_overwrite_an_existing_explicit_output_path(sw, run_job, d
     assert ok["output_path"] == str(fresh) and len(pd.read_csv(fresh)) == 442
 
 
-def test_it_replaces_its_own_default_predictions_file(sw, run_job, data_root, trained_model):
+def test_it_numbers_a_second_default_predictions_file_instead_of_replacing_the_first(
+    sw, run_job, data_root, trained_model
+):
     path, model_id = trained_model
     first = _ok(run_job(sw.job_predict, {"file_path": str(path), "model_id": model_id})[0])
     second = _ok(run_job(sw.job_predict, {"file_path": str(path), "model_id": model_id})[0])
-    assert first["output_path"] == second["output_path"] == str(data_root / "d_predictions.csv")
+    assert first["output_path"] == str(data_root / "d_predictions.csv")
+    assert second["output_path"] == str(data_root / "d_predictions_2.csv")
     assert not [p for p in data_root.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
@@ -466,7 +524,10 @@ async def test_it_prints_server_strings_without_escape_sequences(sw, make_client
     await ws.close(4003, "revoked")
     outcome = await asyncio.wait_for(task, 15)
     terminal = client.console.stream.getvalue()
-    assert "evil]0;owned.csv" in terminal and "Ignoring an update from https://evil[2J.example" in terminal
+    assert (
+        "evil]0;owned.csv" in terminal
+        and "Ignoring an update offered from https://evil[2J.example" in terminal
+    )
     assert "\x1b" not in terminal and "\x07" not in terminal
     client.console.status(outcome.message)  # what main() prints
     assert "bye [31mnow[0m" in client.console.stream.getvalue()
@@ -528,7 +589,7 @@ def test_it_refuses_to_load_models_from_a_folder_others_can_write(sw, run_job, s
     settings.models_dir.chmod(0o777)
     try:
         result = run_job(sw.job_predict, {"file_path": str(path), "model_id": model_id})[0]
-        assert result["error_code"] == "unreadable" and "chmod go-w" in result["error"]
+        assert result["error_code"] == "model_refused" and "chmod go-w" in result["error"]
         settings.models_dir.chmod(0o775)
         assert run_job(sw.job_predict, {"file_path": str(path), "model_id": model_id})[0]["success"] is False
     finally:
