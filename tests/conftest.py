@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 from django.test import Client
@@ -10,6 +11,28 @@ from django.test import Client
 from accounts.models import Account
 
 _user_ids = itertools.count(5_000_001)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow on this backend")
+
+
+def slow_tests_run_here(config: pytest.Config) -> bool:
+    """Slow fault and scale tests run once in CI: on the production backends (PostgreSQL + Redis)."""
+    if config.getoption("--run-slow"):
+        return True
+    database = os.environ.get("DATABASE_URL", "")
+    return database.startswith(("postgres://", "postgresql://")) and bool(os.environ.get("REDIS_URL"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) slow tests on the embedded defaults: they run in the PostgreSQL + Redis pass."""
+    if slow_tests_run_here(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture
