@@ -528,7 +528,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server URL (wss://HOST/ws/worker/ or https://HOST); default: the server this "
         "script came from, then the one saved in config.json",
     )
-    parser.add_argument("--yes", "-y", action="store_true", help="install missing packages without asking")
+    parser.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="install missing packages (and, with --update, the update) without asking",
+    )
     parser.add_argument(
         "--no-install", action="store_true", help="never install packages; print the pip command instead"
     )
@@ -543,7 +548,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allow-dir",
         action="append",
         metavar="DIR",
-        help="folder the worker may read (repeatable; default: the folders of the last run, else your home)",
+        help="folder the worker may read, but not the hidden files and folders in it (repeatable; default: "
+        "the folders of the last run, else your home)",
     )
     parser.add_argument(
         "--models-dir", metavar="DIR", help="where models are saved (default ~/.statsbot/models)"

@@ -126,6 +126,8 @@ async def test_it_ignores_a_duplicate_job_and_resends_an_unacked_result(sw, make
     await _job(ws, "g1", "gated")
     await fake_server.next("progress", "g1")
     await _job(ws, "g1", "gated")  # duplicate while running: ignored
+    await _job(ws, "m0", "list_models")  # frames are handled in order: the duplicate was seen
+    await fake_server.next("result", "m0")
     gate.set()
     first = await fake_server.next("result", "g1")
     assert first["data"] == {"done": True}
