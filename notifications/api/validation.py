@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from notifications.api.errors import ApiError, InvalidInput
-from notifications.api.idempotency import check_key
+from notifications.api.idempotency import check_key, message_fingerprint
 from notifications.services import FINAL_STATUSES, FORMATS, LEVELS
 
 MAX_TEXT = 65_536
@@ -275,6 +275,7 @@ class BatchItem:
     message: NotifyInput | None = None
     idempotency_key: str | None = None
     error: ApiError | None = None
+    fingerprint: str = ""  # of the message, as idempotency compares retries
 
 
 def parse_batch_item(raw: Any) -> BatchItem:
@@ -288,7 +289,8 @@ def parse_batch_item(raw: Any) -> BatchItem:
             if not isinstance(key, str):
                 raise InvalidInput("'idempotency_key' must be a string", code="invalid_idempotency_key")
             key = check_key(key)
-        return BatchItem(message=parse_notify(raw), idempotency_key=key)
+        return BatchItem(message=parse_notify(raw), idempotency_key=key,
+                         fingerprint=message_fingerprint(raw) if key is not None else "")
     except ApiError as exc:
         return BatchItem(error=exc)
 
