@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet
@@ -77,7 +78,7 @@ def _upsert(table: str, subject: str, subject_value: object, amounts: Sequence[t
     q = connection.ops.quote_name
     table, subject, window, start, count = (q(table), q(subject), q("window"), q("window_start"), q("count"))
     rows = ", ".join(["(%s, %s, %s, %s)"] * len(amounts))
-    params: list[object] = []
+    params: list[Any] = []
     for w, amount in amounts:  # the datetime as Django stores it (SQLite keeps text: it must match)
         params += [subject_value, w.name, connection.ops.adapt_datetimefield_value(window_start(now, w.seconds)),
                    amount]

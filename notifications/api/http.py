@@ -3,6 +3,7 @@ rate limits, JSON bodies, idempotency and error mapping. Views stay a few lines 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -10,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import (
     RequestDataTooBig,
@@ -21,8 +22,9 @@ from django.core.exceptions import (
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Subquery
-from django.http import HttpRequest, HttpResponse
-from django.http.multipartparser import MultiPartParserError
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import ApiKey
@@ -358,18 +360,52 @@ def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any
     return _without_nul(data) if "\\u0000" in text.lower() else data
 
 
+def utf8_part_headers(body: bytes, boundary: bytes) -> bytes | None:
+    """``body`` with every part's headers made valid UTF-8 (bad bytes become U+FFFD), or None
+    when they are already. Django skips a part whose headers do not decode, so a file named
+    in another encoding would be dropped without a word."""
+    delimiter = b"--" + boundary
+    pieces: list[bytes] = []
+    done = 0
+    position = body.find(delimiter)
+    while position != -1:
+        start = body.find(b"\r\n", position + len(delimiter))
+        end = body.find(b"\r\n\r\n", start) if start != -1 else -1
+        if end == -1:
+            break
+        headers = body[start:end]
+        try:
+            headers.decode("utf-8")
+        except UnicodeDecodeError:
+            pieces += [body[done:start], headers.decode("utf-8", "replace").encode("utf-8")]
+            done = end
+        position = body.find(delimiter, end)
+    if not pieces:
+        return None
+    return b"".join([*pieces, body[done:]])
+
+
+def _parse_multipart(request: HttpRequest) -> tuple[QueryDict, MultiValueDict]:
+    boundary = request.content_params.get("boundary", "") if request.content_params else ""
+    repaired = utf8_part_headers(request.body, boundary.encode("latin-1")) if boundary else None
+    if repaired is None:
+        return request.POST, request.FILES
+    meta = {**request.META, "CONTENT_LENGTH": str(len(repaired))}
+    return MultiPartParser(meta, io.BytesIO(repaired), request.upload_handlers, request.encoding).parse()
+
+
 def _read_multipart(call: Call) -> None:
     request = call.request
     try:
-        fields, files = request.POST, request.FILES
+        fields, files = _parse_multipart(request)
     except RequestDataTooBig:
         raise _too_large(MULTIPART_LIMIT) from None
     except MultiPartParserError as exc:
         raise InvalidInput(f"the multipart body cannot be parsed: {exc}", code="invalid_multipart") from None
     payload: str | bytes | None = fields.get("payload")
     if payload is None and "payload" in files:
-        part = files["payload"]
-        if part.size > JSON_LIMIT:
+        part = cast(UploadedFile, files["payload"])
+        if (part.size or 0) > JSON_LIMIT:
             raise _too_large(JSON_LIMIT)
         payload = part.read()
     if payload is not None and len(payload) > JSON_LIMIT:

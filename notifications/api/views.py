@@ -125,6 +125,7 @@ def notify_batch(call: Call) -> Answer:
 def _queue_batch_item(call: Call, item: BatchItem) -> dict:
     def produce() -> Answer:
         data = item.message
+        assert data is not None  # an item without a message carries the error it is answered with
         message = services.notify(call.api_key, data.text, data.level, data.format, data.process_id,
                                   data.metadata)
         return 202, {"message_id": message.pk, "status": "queued"}
