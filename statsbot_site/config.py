@@ -95,7 +95,11 @@ SQLITE_OPTIONS: dict[str, Any] = {
 DEFAULT_POOL_SIZE = 10
 
 
+SQLITE_ENGINE = "core.sqlite_backend"  # Django's, keeping the log open and reading any text (see its docstring)
+
+
 def _sqlite(config: dict[str, Any]) -> dict[str, Any]:
+    config["ENGINE"] = SQLITE_ENGINE
     config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
     return config
 
@@ -116,7 +120,6 @@ def _database(env: environ.Env, base_dir: Path) -> dict[str, Any]:
     raw = env.str("DATABASE_URL", default="")
     if not raw:
         return _sqlite({
-            "ENGINE": "django.db.backends.sqlite3",
             "NAME": base_dir / "db.sqlite3",
             # A file (not :memory:) so the test server's threads share it; one per test process.
             "TEST": {"NAME": base_dir / env.str("TEST_DB_NAME", default=f"test-db-{os.getpid()}.sqlite3")},
