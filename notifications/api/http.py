@@ -21,7 +21,6 @@ from django.core.exceptions import (
 )
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Subquery
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils.datastructures import MultiValueDict
@@ -29,9 +28,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import ApiKey
 from core import client_address
-from core.secrets import hash_secret
 from notifications import ratelimit
-from notifications.api import idempotency
+from notifications.api import idempotency, keys
 from notifications.api.errors import ApiError, InvalidInput, json_response
 from notifications.services import MAX_FILE_BYTES, ProcessConflict, ServiceError, UnknownProcess
 
@@ -206,14 +204,10 @@ def bearer_token(request: HttpRequest) -> str:
 def authenticate(raw: str, address: str) -> ApiKey:
     """The active key ``raw`` in one query, which also reads the address's count of unknown keys:
     an address over its limit is refused whatever key it sends."""
-    key = None
-    if raw.startswith("exp_") and len(raw) <= 128:
-        failures = Subquery(ratelimit.address_failures(address)[:1])
-        key = (ApiKey.objects.select_related("account").annotate(address_failures=failures)
-               .filter(secret_hash=hash_secret(raw)).first())
+    key, failures = keys.lookup(raw, address) if raw.startswith("exp_") and len(raw) <= 128 else (None, 0)
     if key is None:
         raise UnknownKey(f"this key is not valid. {GET_A_KEY}")
-    throttled = ratelimit.address_refusal(key.address_failures)
+    throttled = ratelimit.address_refusal(failures)
     if not throttled.allowed:
         raise rate_limited(throttled)
     if not key.is_active:

@@ -126,3 +126,24 @@ def test_the_counts_hold_on_this_backend(warm):
     with CaptureQueriesContext(connection) as context:
         warm.get("/api/validate")
     assert sum("ratecounter" in q["sql"] for q in context.captured_queries) == 1
+
+
+def test_the_key_lookup_loads_the_key_its_account_and_the_address_count(issued_key, account):
+    """The hand-written lookup (notifications.api.keys) gives what the ORM would."""
+    from django.utils import timezone
+
+    from notifications import ratelimit
+    from notifications.api.keys import lookup
+    from notifications.models import AddressCounter
+
+    window = ratelimit.BAD_KEYS_PER_ADDRESS
+    AddressCounter.objects.create(address="192.0.2.1", window=window.name, count=7,
+                                  window_start=ratelimit.window_start(timezone.now(), window.seconds))
+    key, failures = lookup(issued_key[1], "192.0.2.1")
+    fields = [f.attname for f in type(key)._meta.concrete_fields]
+    assert [getattr(key, name) for name in fields] == [getattr(issued_key[0], name) for name in fields]
+    account_fields = [f.attname for f in type(account)._meta.concrete_fields]
+    assert [getattr(key.account, name) for name in account_fields] == [getattr(account, name) for name in account_fields]
+    assert failures == 7
+    assert lookup(issued_key[1], "192.0.2.2")[1] == 0
+    assert lookup("exp_unknown", "192.0.2.1") == (None, 0)
