@@ -301,9 +301,12 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def valid_text(value: str) -> str:
     """``value`` with lone surrogates (which no text column stores and no UTF-8 encoder writes)
-    replaced by U+FFFD. Every string the API reads from outside goes through this or
-    ``_valid_unicode``: JSON bodies, multipart fields and file names, headers, URL parts."""
-    return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    replaced by U+FFFD, and without NUL (which PostgreSQL text refuses). Every string the API
+    reads from outside goes through this or ``_valid_unicode``/``_without_nul``: JSON bodies,
+    multipart fields and file names, headers, URL parts, query parameters."""
+    if _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 def _valid_unicode(value: Any) -> Any:
