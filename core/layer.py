@@ -8,6 +8,7 @@ listener also looks on its own schedule. The events are in ``core.events``.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from asgiref.sync import async_to_sync
@@ -30,6 +31,19 @@ def worker_group(account_id: int) -> str:
 def ring(group: str, event: ChannelEvent) -> None:
     """Send ``event`` to ``group`` once the current transaction commits."""
     transaction.on_commit(lambda: _send(group, event))
+
+
+def ring_once(group: str, event: ChannelEvent) -> None:
+    """``ring``, unless the current transaction already rings ``group`` with the same event:
+    a transaction that queues a hundred outbox rows wakes the sender once, not a hundred times."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:
+        for _savepoints, pending, _robust in connection.run_on_commit:
+            if getattr(pending, "rings", None) == (group, event):
+                return
+    send = functools.partial(_send, group, event)
+    send.rings = (group, event)  # type: ignore[attr-defined]
+    transaction.on_commit(send)
 
 
 def ring_channel(channel_name: str, event: ChannelEvent) -> None:

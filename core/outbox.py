@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import events
-from core.layer import OUTBOX_GROUP, ring
+from core.layer import OUTBOX_GROUP, ring_once
 from core.models import Attachment, OutboxMessage
 
 FILES_KEPT = timedelta(days=7)  # uploads of delivered messages: long enough to retry by hand
@@ -65,7 +65,8 @@ def enqueue(
     edit_key: str = "",
     files: Iterable[FileToSend] = (),
 ) -> OutboxMessage:
-    """Queue one message for ``account``'s chat and wake the sender once it is committed."""
+    """Queue one message for ``account``'s chat and wake the sender once it is committed (once
+    per transaction, however many rows it queues)."""
     with transaction.atomic():
         message = OutboxMessage.objects.create(
             account_id=account.pk,
@@ -88,7 +89,7 @@ def enqueue(
             )
             for f in files
         )
-        ring(OUTBOX_GROUP, events.outbox_wake())
+        ring_once(OUTBOX_GROUP, events.outbox_wake())
     return message
 
 

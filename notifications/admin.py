@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
+from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
 
 
 @admin.register(TrackedProcess)
@@ -25,7 +25,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
     list_filter = ("endpoint",)
     search_fields = ("key",)
     list_select_related = ("api_key",)
-    readonly_fields = ("api_key", "key", "endpoint", "status_code", "response", "created_at")
+    readonly_fields = ("api_key", "key", "endpoint", "fingerprint", "status_code", "response", "created_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -37,6 +37,17 @@ class RateCounterAdmin(admin.ModelAdmin):
     list_filter = ("window",)
     list_select_related = ("api_key",)
     readonly_fields = ("api_key", "window", "window_start", "count")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(AddressCounter)
+class AddressCounterAdmin(admin.ModelAdmin):
+    list_display = ("address", "window", "window_start", "count")
+    list_filter = ("window",)
+    search_fields = ("address",)
+    readonly_fields = ("address", "window", "window_start", "count")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -161,6 +161,10 @@ class IdempotencyRecord(models.Model):
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=128)
     endpoint = models.CharField(max_length=64)
+    fingerprint = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="SHA-256 of the endpoint and the request body: a retry must send the same request.",
+    )
     status_code = models.PositiveSmallIntegerField()
     response = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now)
@@ -173,7 +177,8 @@ class IdempotencyRecord(models.Model):
 
 
 class RateCounter(models.Model):
-    """Requests per API key in a fixed time window; shared by every web process."""
+    """Requests (or messages, or bytes) per API key in a fixed time window; shared by every web
+    process, counted with one upsert per request (``notifications.ratelimit``)."""
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     window = models.CharField(max_length=16)
@@ -187,3 +192,20 @@ class RateCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.window} from {self.window_start}: {self.count}"
+
+
+class AddressCounter(models.Model):
+    """Requests with an unknown API key per client address in a fixed time window."""
+
+    address = models.GenericIPAddressField()
+    window = models.CharField(max_length=16)
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["address", "window", "window_start"], name="one_address_counter_per_window")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} {self.window} from {self.window_start}: {self.count}"

@@ -36,12 +36,14 @@ IDEMPOTENCY_KEY = {
     "required": False,
     "description": "Any unique string (a UUID). A retry with the same key and API key returns the first "
                    "successful answer (with `Idempotent-Replayed: true`) and creates nothing new. "
-                   "Refused requests (4xx) are not stored.",
+                   "Refused requests (4xx) are not stored. The same key with a different request body "
+                   "is refused with 422 `idempotency_key_mismatch`.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 128},
 }
 
 RATE_LIMITED = {
-    "description": "Rate limited: 30 requests per 10 s, 600 per hour, per key.",
+    "description": "Rate limited: 30 requests per 10 s, 600 per hour, per key (a refused request does not "
+                   "count); or too many unknown keys from this client address (30 per 10 minutes).",
     "headers": {"Retry-After": {"description": "Seconds until the window ends.", "schema": {"type": "integer"}}},
     "content": {"application/json": {"schema": _ref("Error")}},
 }
@@ -55,11 +57,14 @@ NOTIFY_RATE_LIMITED = {
 }
 
 KEYED_ERRORS = {
-    "400": _error("Invalid input; the message names the field."),
+    "400": _error("Invalid input; the message names the field. Also `invalid_json`: not JSON, a number of "
+                  "more than 64 digits or not finite, or nesting deeper than 64 levels."),
     "401": _error("Missing, invalid or revoked key (`missing_key`, `invalid_key`, `revoked_key`)."),
     "405": _error("Wrong method; see the `Allow` header."),
-    "413": _error("Body over 256 KiB (JSON) or file over 10 MiB."),
+    "413": _error("Body over 256 KiB (JSON) or file over 10 MiB, or a multipart body with too many parts "
+                  "(`too_many_parts`)."),
     "415": _error("Wrong Content-Type."),
+    "422": _error("`Idempotency-Key` already used with a different request body (`idempotency_key_mismatch`)."),
     "429": RATE_LIMITED,
 }
 

@@ -28,7 +28,7 @@ from accounts.models import Account, ApiKey
 from core.models import Attachment, OutboxMessage
 from core.outbox import FileToSend, enqueue
 from core.state_machine import InvalidTransition
-from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
+from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
 from tg_rules.images import image_type
 
 logger = logging.getLogger(__name__)
@@ -380,4 +380,5 @@ def prune_bookkeeping() -> int:
     now = timezone.now()
     answers, _ = IdempotencyRecord.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()
     counters, _ = RateCounter.objects.filter(window_start__lt=now - RATE_COUNTER_TTL).delete()
-    return answers + counters
+    addresses, _ = AddressCounter.objects.filter(window_start__lt=now - RATE_COUNTER_TTL).delete()
+    return answers + counters + addresses

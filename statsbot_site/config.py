@@ -42,6 +42,7 @@ class Config:
     disconnect_grace: float
     lost_job_grace: float
     heartbeat_grace: float
+    trusted_proxy_count: int
 
 
 def _fail(name: str, problem: str) -> ImproperlyConfigured:
@@ -76,16 +77,53 @@ def _url(name: str, value: str, schemes: set[str]) -> str:
     return value.rstrip("/")
 
 
+# Every SQLite database (the default file and ``DATABASE_URL=sqlite:///…``): write-ahead logging so
+# readers never wait for the writer, a busy timeout instead of an immediate "database is locked",
+# and IMMEDIATE transactions, which take the write lock at BEGIN: a transaction that reads and then
+# writes cannot fail to upgrade its lock halfway (SQLite answers that with "database is locked"
+# at once, whatever the timeout).
+SQLITE_OPTIONS: dict[str, Any] = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL",
+}
+# PostgreSQL under ASGI: Django runs sync views in a thread pool, and a persistent connection
+# (CONN_MAX_AGE) is one connection per thread, never closed while the thread lives. Django's
+# psycopg pool shares a fixed number of connections between the threads instead (measured in
+# benchmarks/README.md, "Notify API"). ``DATABASE_POOL_SIZE=0`` turns the pool off: a
+# connection per request (CONN_MAX_AGE=0).
+DEFAULT_POOL_SIZE = 10
+
+
+SQLITE_ENGINE = "core.sqlite_backend"  # Django's, keeping the log open and reading any text (see its docstring)
+
+
+def _sqlite(config: dict[str, Any]) -> dict[str, Any]:
+    config["ENGINE"] = SQLITE_ENGINE
+    config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+    return config
+
+
+def _postgres(env: environ.Env, config: dict[str, Any]) -> dict[str, Any]:
+    size = _read(env, "DATABASE_POOL_SIZE", "int", DEFAULT_POOL_SIZE)
+    if size < 0:
+        raise _fail("DATABASE_POOL_SIZE", f"must be 0 (no pool) or a number of connections, not {size}")
+    config["CONN_MAX_AGE"] = 0
+    if size:
+        options = config.setdefault("OPTIONS", {})
+        # min_size 1: an idle process holds one connection; max_idle returns the rest after a burst.
+        options["pool"] = {"min_size": 1, "max_size": size, "max_idle": 60, "timeout": 30}
+    return config
+
+
 def _database(env: environ.Env, base_dir: Path) -> dict[str, Any]:
     raw = env.str("DATABASE_URL", default="")
     if not raw:
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
+        return _sqlite({
             "NAME": base_dir / "db.sqlite3",
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
             # A file (not :memory:) so the test server's threads share it; one per test process.
             "TEST": {"NAME": base_dir / env.str("TEST_DB_NAME", default=f"test-db-{os.getpid()}.sqlite3")},
-        }
+        })
     scheme = urlsplit(raw).scheme
     if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
         raise _fail("DATABASE_URL", f"unsupported scheme {scheme!r}; use postgres://user@host:port/name")
@@ -94,9 +132,11 @@ def _database(env: environ.Env, base_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # django-environ raises several kinds on bad URLs
         raise _fail("DATABASE_URL", f"cannot parse {raw!r} ({exc})") from exc
     if config["ENGINE"].endswith("postgresql"):
-        config.setdefault("CONN_MAX_AGE", 60)
-        config.setdefault("CONN_HEALTH_CHECKS", True)
-    return config
+        return _postgres(env, config)
+    if not config.get("NAME") or config["NAME"] == ":memory:":
+        raise _fail("DATABASE_URL", "a SQLite URL names a file, e.g. sqlite:////srv/statsbot/db.sqlite3")
+    config.setdefault("TEST", {"NAME": f"{config['NAME']}-test-{os.getpid()}"})
+    return _sqlite(config)
 
 
 def _channel_layer(env: environ.Env) -> dict[str, Any]:
@@ -172,4 +212,14 @@ def read_config(env: environ.Env, base_dir: Path) -> Config:
         ),
         lost_job_grace=_positive("JOB_LOST_GRACE", _read(env, "JOB_LOST_GRACE", "float", 600.0)),
         heartbeat_grace=_positive("HEARTBEAT_GRACE", _read(env, "HEARTBEAT_GRACE", "float", 60.0)),
+        trusted_proxy_count=_proxy_count(env),
     )
+
+
+def _proxy_count(env: environ.Env) -> int:
+    """How many reverse proxies sit in front of the web processes (each appends to
+    X-Forwarded-For); 0 trusts no header and uses the peer address."""
+    count = _read(env, "TRUSTED_PROXY_COUNT", "int", 0)
+    if not 0 <= count <= 10:
+        raise _fail("TRUSTED_PROXY_COUNT", f"must be a number of proxies between 0 and 10, not {count}")
+    return count

@@ -45,6 +45,11 @@ WORKER_DISCONNECT_GRACE = CONFIG.disconnect_grace
 JOB_LOST_GRACE = CONFIG.lost_job_grace
 HEARTBEAT_GRACE = CONFIG.heartbeat_grace
 
+# How many reverse proxies (a PaaS router, nginx, a load balancer) stand in front of the web
+# processes. The client's address for per-address limits is the entry that many places from the
+# right of X-Forwarded-For (entries further left are whatever the client sent): core.client_address.
+TRUSTED_PROXY_COUNT = CONFIG.trusted_proxy_count
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

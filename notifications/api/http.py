@@ -3,24 +3,33 @@ rate limits, JSON bodies, idempotency and error mapping. Views stay a few lines 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
-from django.http.multipartparser import MultiPartParserError
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import ApiKey
+from core import client_address
 from notifications import ratelimit
-from notifications.api import idempotency
+from notifications.api import idempotency, keys
 from notifications.api.errors import ApiError, InvalidInput, json_response
 from notifications.services import MAX_FILE_BYTES, ProcessConflict, ServiceError, UnknownProcess
 
@@ -39,9 +48,36 @@ class Call:
     """One API request after the shared checks."""
 
     request: HttpRequest
-    api_key: ApiKey | None = None
+    address: str = client_address.UNKNOWN
     data: dict[str, Any] = field(default_factory=dict)
     upload: UploadedFile | None = None
+    key: ApiKey | None = None
+    charged: bool = False
+
+    @property
+    def api_key(self) -> ApiKey:
+        """The request's key (endpoints declared with ``auth=True`` always have one)."""
+        if self.key is None:
+            raise RuntimeError("this endpoint takes no API key")
+        return self.key
+
+    @property
+    def size(self) -> int:
+        """The size of the request body (a multipart body is read already: its declared length)."""
+        if not _is_multipart(self.request):
+            return len(self.request.body)
+        declared = int(self.request.META.get("CONTENT_LENGTH") or 0)  # checked to be a number already
+        return declared or (self.upload.size or 0 if self.upload is not None else 0) + len(json.dumps(self.data))
+
+    def charge(self, *, messages: int | None = None) -> None:
+        """Count this request against the key's windows, and ``messages`` notifications (with the
+        request's bytes) against its minute budgets: one statement, or 429. Runs inside the
+        request's transaction, so a refused request rolls its own charge back."""
+        decision = ratelimit.charge(self.api_key.pk, messages=messages,
+                                    size=self.size if messages is not None else 0)
+        self.charged = True
+        if not decision.allowed:
+            raise rate_limited(decision)
 
 
 Answer = tuple[int, dict]
@@ -54,14 +90,16 @@ class Spec:
     name: str
     auth: bool
     body: str | None  # None, "json", or "json_or_file" (multipart with payload + file)
-    atomic: bool = True  # run the handler in a transaction
+    atomic: bool = True  # run the handler in a transaction (always, with a key)
+    budget: bool = False  # the handler charges notifications itself (``Call.charge(messages=…)``)
 
 
 def endpoint(
-    *methods: str, name: str, auth: bool = True, body: str | None = None, atomic: bool = True
-) -> Callable[[Handler], Any]:
+    *methods: str, name: str, auth: bool = True, body: str | None = None, atomic: bool = True,
+    budget: bool = False,
+) -> Callable[[Handler], Callable[..., HttpResponse]]:
     """Turn ``handler(call, **url_kwargs) -> (status, body)`` into a CSRF-exempt JSON view."""
-    spec = Spec(methods=tuple(methods), name=name, auth=auth, body=body, atomic=atomic)
+    spec = Spec(methods=tuple(methods), name=name, auth=auth, body=body, atomic=atomic, budget=budget)
 
     def decorate(handler: Handler) -> Callable[..., HttpResponse]:
         @csrf_exempt
@@ -71,6 +109,13 @@ def endpoint(
                 return _dispatch(request, handler, spec, kwargs)
             except ApiError as exc:
                 return exc.response()
+            except (TooManyFieldsSent, TooManyFilesSent) as exc:
+                return _too_many_parts(exc).response()
+            except RequestDataTooBig:
+                return _too_large(MULTIPART_LIMIT).response()
+            except SuspiciousOperation as exc:
+                logger.info("api %s: refused a suspicious request: %s", spec.name, exc)
+                return ApiError(400, "invalid_request", "the request is malformed").response()
             except Exception:
                 logger.exception("api %s failed", spec.name)
                 return ApiError(500, "server_error", "the server failed; the request can be retried").response()
@@ -81,44 +126,95 @@ def endpoint(
     return decorate
 
 
+def rate_limited(decision: ratelimit.Decision) -> ApiError:
+    if decision.window == ratelimit.MESSAGES_PER_MINUTE.name:
+        what = f"more than {decision.limit} messages of notifications per minute for this key"
+    elif decision.window == ratelimit.BYTES_PER_MINUTE.name:
+        what = f"more than {decision.limit} bytes of notifications per minute for this key"
+    elif decision.window == ratelimit.BAD_KEYS_PER_ADDRESS.name:
+        what = f"more than {decision.limit} requests with an unknown API key from this address"
+    else:
+        what = f"more than {decision.limit} requests in the {decision.window} window"
+    return ApiError(429, "rate_limited", f"{what}; retry in {decision.retry_after}s",
+                    {"Retry-After": str(decision.retry_after)})
+
+
 def _dispatch(request: HttpRequest, handler: Handler, spec: Spec, kwargs: dict[str, Any]) -> HttpResponse:
     if request.method not in spec.methods:
         raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(spec.methods)}",
                        {"Allow": ", ".join(spec.methods)})
+    kwargs = {name: valid_text(value) if isinstance(value, str) else value for name, value in kwargs.items()}
     if spec.body:
         _check_declared_length(request, spec.body)
-    call = Call(request)
-    if spec.auth:
-        call.api_key = authenticate(request)
-        decision = ratelimit.hit(call.api_key)
-        if not decision.allowed:
-            raise ApiError(429, "rate_limited",
-                           f"more than {decision.limit} requests in the {decision.window} window; "
-                           f"retry in {decision.retry_after}s",
-                           {"Retry-After": str(decision.retry_after)})
-        call.api_key.touch()
+    call = Call(request, address=client_address.of_request(request))
+    body_error: ApiError | None = None
     if spec.body:
-        _read_body(call, spec.body)
-    return _run(handler, call, kwargs, spec)
+        try:
+            _read_body(call, spec.body)
+        except ApiError as exc:  # answered after the key check: a client without a key hears that first
+            body_error = exc
+    if not spec.auth:
+        if body_error is not None:
+            raise body_error
+        return _run(handler, call, kwargs, spec)
+    try:
+        raw = bearer_token(request)
+        with transaction.atomic():  # the key, the limits and the writes: one transaction
+            call.key = authenticate(raw, call.address)
+            if body_error is not None:
+                raise body_error
+            return _run(handler, call, kwargs, spec)
+    except ApiError as exc:
+        raise _after_refusal(call, exc) from None
 
 
-def authenticate(request: HttpRequest) -> ApiKey:
-    """The active key of ``Authorization: Bearer exp_…``, or a 401 that says what to do."""
-    header = request.headers.get("Authorization", "").strip()
+def _after_refusal(call: Call, exc: ApiError) -> ApiError:
+    """What a refused request still counts, in its own statement (its transaction rolled back).
+
+    A 429 counts nothing (refused requests never use a quota up). An unknown key counts against
+    the client's address, and is answered 429 once the address is over its limit. Any other
+    refusal of a valid key counts as one request of that key.
+    """
+    if isinstance(exc, UnknownKey):
+        decision = ratelimit.record_bad_key(call.address)
+        return exc if decision.allowed else rate_limited(decision)
+    if call.key is not None and exc.status != 429:
+        ratelimit.charge(call.key.pk)
+    return exc
+
+
+class UnknownKey(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(401, "invalid_key", message, AUTH_CHALLENGE)
+
+
+def bearer_token(request: HttpRequest) -> str:
+    """The key of ``Authorization: Bearer exp_…``, or a 401 that says what to do."""
+    header = valid_text(request.headers.get("Authorization", "")).strip()
     if not header:
         raise ApiError(401, "missing_key", f"send your key as 'Authorization: Bearer exp_…'. {GET_A_KEY}",
                        AUTH_CHALLENGE)
     scheme, _, raw = header.partition(" ")
     raw = raw.strip()
     if scheme.lower() != "bearer" or not raw:
-        raise ApiError(401, "invalid_key", "the Authorization header must be 'Bearer exp_…'", AUTH_CHALLENGE)
-    key = ApiKey.authenticate(raw)
+        raise UnknownKey("the Authorization header must be 'Bearer exp_…'")
+    return raw
+
+
+def authenticate(raw: str, address: str) -> ApiKey:
+    """The active key ``raw`` in one query, which also reads the address's count of unknown keys:
+    an address over its limit is refused whatever key it sends."""
+    key, failures = keys.lookup(raw, address) if raw.startswith("exp_") and len(raw) <= 128 else (None, 0)
     if key is None:
-        raise ApiError(401, "invalid_key", f"this key is not valid. {GET_A_KEY}", AUTH_CHALLENGE)
+        raise UnknownKey(f"this key is not valid. {GET_A_KEY}")
+    throttled = ratelimit.address_refusal(failures)
+    if not throttled.allowed:
+        raise rate_limited(throttled)
     if not key.is_active:
         raise ApiError(401, "revoked_key",
                        "this key was revoked. Run /start in the bot or experiment_bot.setup() to get a new one.",
                        AUTH_CHALLENGE)
+    key.touch()
     return key
 
 
@@ -169,6 +265,25 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+MAX_DEPTH = 64  # objects and lists inside one another
+MAX_INT_DIGITS = 64
+
+
+def _integer(text: str) -> int:
+    """JSON integers up to 64 digits (Python's own limit is 4,300 and fails with a ValueError)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidInput(f"a number in the body has {len(text.lstrip('-'))} digits; at most {MAX_INT_DIGITS} "
+                           "are accepted (send bigger values as strings)", code="invalid_json")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"the number {text[:40]} is too large (numbers must be finite)", code="invalid_json")
+    return value
+
+
 def _without_nul(value: Any) -> Any:
     """NUL characters (which PostgreSQL text cannot store) removed from every string and key."""
     if isinstance(value, str):
@@ -184,11 +299,21 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def valid_text(value: str) -> str:
+    """``value`` with lone surrogates (which no text column stores and no UTF-8 encoder writes)
+    replaced by U+FFFD, and without NUL (which PostgreSQL text refuses). Every string the API
+    reads from outside goes through this or ``_valid_unicode``/``_without_nul``: JSON bodies,
+    multipart fields and file names, headers, URL parts, query parameters."""
+    if _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
 def _valid_unicode(value: Any) -> Any:
     """Lone surrogates (``"\\ud800"`` escapes JSON allows but no text column stores) replaced by
     U+FFFD in every string and key; escaped pairs were already joined by the parser."""
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return valid_text(value)
     if isinstance(value, list):
         return [_valid_unicode(item) for item in value]
     if isinstance(value, dict):
@@ -196,10 +321,27 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """A JSON object from the outside, as every text column can store it: invalid Unicode
+    replaced, NUL removed, numbers finite and of reasonable size, nesting bounded; or a 400."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text, parse_constant=_no_constants)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else valid_text(raw)
+        data = json.loads(text, parse_constant=_no_constants, parse_int=_integer, parse_float=_float)
     except UnicodeDecodeError:
         raise InvalidInput(f"{what} must be UTF-8 encoded JSON", code="invalid_json") from None
     except RecursionError:
@@ -208,26 +350,59 @@ def parse_json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any
         raise InvalidInput(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{what} must be a JSON object", code="invalid_json")
-    try:
-        if _SURROGATE_ESCAPE.search(text):
-            data = _valid_unicode(data)
-        return _without_nul(data) if "\\u0000" in text.lower() else data
-    except RecursionError:
-        raise InvalidInput(f"{what} is nested too deeply", code="invalid_json") from None
+    if _depth(data) > MAX_DEPTH:
+        raise InvalidInput(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(text):
+        data = _valid_unicode(data)
+    return _without_nul(data) if "\\u0000" in text.lower() else data
+
+
+def utf8_part_headers(body: bytes, boundary: bytes) -> bytes | None:
+    """``body`` with every part's headers made valid UTF-8 (bad bytes become U+FFFD), or None
+    when they are already. Django skips a part whose headers do not decode, so a file named
+    in another encoding would be dropped without a word."""
+    delimiter = b"--" + boundary
+    pieces: list[bytes] = []
+    done = 0
+    position = body.find(delimiter)
+    while position != -1:
+        start = body.find(b"\r\n", position + len(delimiter))
+        end = body.find(b"\r\n\r\n", start) if start != -1 else -1
+        if end == -1:
+            break
+        headers = body[start:end]
+        try:
+            headers.decode("utf-8")
+        except UnicodeDecodeError:
+            pieces += [body[done:start], headers.decode("utf-8", "replace").encode("utf-8")]
+            done = end
+        position = body.find(delimiter, end)
+    if not pieces:
+        return None
+    return b"".join([*pieces, body[done:]])
+
+
+def _parse_multipart(request: HttpRequest) -> tuple[QueryDict, MultiValueDict]:
+    boundary = request.content_params.get("boundary", "") if request.content_params else ""
+    repaired = utf8_part_headers(request.body, boundary.encode("latin-1")) if boundary else None
+    if repaired is None:
+        return request.POST, request.FILES
+    meta = {**request.META, "CONTENT_LENGTH": str(len(repaired))}
+    return MultiPartParser(meta, io.BytesIO(repaired), request.upload_handlers, request.encoding).parse()
 
 
 def _read_multipart(call: Call) -> None:
     request = call.request
     try:
-        fields, files = request.POST, request.FILES
+        fields, files = _parse_multipart(request)
     except RequestDataTooBig:
         raise _too_large(MULTIPART_LIMIT) from None
     except MultiPartParserError as exc:
         raise InvalidInput(f"the multipart body cannot be parsed: {exc}", code="invalid_multipart") from None
     payload: str | bytes | None = fields.get("payload")
     if payload is None and "payload" in files:
-        part = files["payload"]
-        if part.size > JSON_LIMIT:
+        part = cast(UploadedFile, files["payload"])
+        if (part.size or 0) > JSON_LIMIT:
             raise _too_large(JSON_LIMIT)
         payload = part.read()
     if payload is not None and len(payload) > JSON_LIMIT:
@@ -236,10 +411,19 @@ def _read_multipart(call: Call) -> None:
     upload = files.get("file")
     if upload is None and any(name != "payload" for name in files):
         raise InvalidInput("send the file in the multipart field named 'file'", code="invalid_multipart")
-    if upload is not None and upload.size > FILE_LIMIT:
+    if upload is not None and (upload.size or 0) > FILE_LIMIT:
         raise ApiError(413, "file_too_large",
                        f"the file is {upload.size} bytes; the limit is {FILE_LIMIT} bytes (10 MiB)")
+    if upload is not None:
+        upload.name = valid_text(upload.name or "")
+        upload.content_type = valid_text(upload.content_type or "")
     call.upload = upload
+
+
+def _too_many_parts(exc: Exception) -> ApiError:
+    what = "files" if isinstance(exc, TooManyFilesSent) else "fields"
+    return ApiError(413, "too_many_parts",
+                    f"the request has too many {what}: send one 'payload' field and at most one 'file'")
 
 
 # ---------------------------------------------------------------------------------- running
@@ -256,15 +440,29 @@ def _invoke(handler: Handler, call: Call, kwargs: dict[str, Any]) -> Answer:
         raise ApiError(400, exc.code, str(exc)) from None
 
 
+def _answer(handler: Handler, call: Call, kwargs: dict[str, Any], spec: Spec) -> Answer:
+    if call.key is not None and not spec.budget:
+        call.charge()
+    answer = _invoke(handler, call, kwargs)
+    if call.key is not None and not call.charged:
+        call.charge()
+    return answer
+
+
 def _run(handler: Handler, call: Call, kwargs: dict[str, Any], spec: Spec) -> HttpResponse:
-    key = call.request.headers.get("Idempotency-Key")
-    if call.request.method == "POST" and key is not None and call.api_key is not None:
-        status, body, replayed = idempotency.run_once(
-            call.api_key, idempotency.check_key(key.strip()), spec.name, lambda: _invoke(handler, call, kwargs)
-        )
-        return json_response(status, body, {"Idempotent-Replayed": "true"} if replayed else None)
-    if not spec.atomic:
-        return json_response(*_invoke(handler, call, kwargs))
+    header = call.request.headers.get("Idempotency-Key")
+    if call.request.method == "POST" and header is not None and call.key is not None:
+        key = idempotency.check_key(valid_text(header).strip())
+        fingerprint = idempotency.fingerprint(spec.name, call.data, call.upload)
+        earlier = idempotency.claim(call.key, key, spec.name, fingerprint)
+        if earlier is not None:
+            status, body = idempotency.replay(earlier, spec.name, fingerprint)
+            call.charge()  # a replay counts as a request, never as another message
+            return json_response(status, body, {"Idempotent-Replayed": "true"})
+        answer = _answer(handler, call, kwargs, spec)
+        idempotency.record(call.key, key, answer)
+        return json_response(*answer)
+    if call.key is not None or not spec.atomic:  # with a key: inside the request's transaction already
+        return json_response(*_answer(handler, call, kwargs, spec))
     with transaction.atomic():
-        status, body = _invoke(handler, call, kwargs)
-    return json_response(status, body)
+        return json_response(*_answer(handler, call, kwargs, spec))

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from notifications.api.errors import ApiError, InvalidInput
-from notifications.api.idempotency import check_key
+from notifications.api.idempotency import check_key, message_fingerprint
 from notifications.services import FINAL_STATUSES, FORMATS, LEVELS
 
 MAX_TEXT = 65_536
@@ -80,6 +81,12 @@ def uuid_value(data: dict, name: str, *, required: bool = False) -> uuid.UUID | 
         return uuid.UUID(value)
     except ValueError:
         raise InvalidInput(f"'{name}' must be a UUID string, not {value[:60]!r}") from None
+
+
+def required_uuid(data: dict, name: str) -> uuid.UUID:
+    value = uuid_value(data, name, required=True)
+    assert value is not None  # required: missing is a 400 already
+    return value
 
 
 def integer(data: dict, name: str, *, minimum: int = 0, maximum: int | None = MAX_INTEGER,
@@ -162,16 +169,16 @@ class NotifyInput:
     text: str
     level: str = "info"
     format: str = "text"
-    process_id: uuid.UUID | None = None
+    process_id: UUID | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StartInput:
-    uuid: uuid.UUID
+    uuid: UUID
     name: str
     tags: list[str] = field(default_factory=list)
-    parent_uuid: uuid.UUID | None = None
+    parent_uuid: UUID | None = None
     heartbeat_interval: int = 60
     metadata: dict[str, Any] = field(default_factory=dict)
     total: int | None = None
@@ -179,7 +186,7 @@ class StartInput:
 
 @dataclass(frozen=True)
 class HeartbeatInput:
-    uuid: uuid.UUID
+    uuid: UUID
     done: int | None = None
     total: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -188,7 +195,7 @@ class HeartbeatInput:
 
 @dataclass(frozen=True)
 class FinishInput:
-    uuid: uuid.UUID
+    uuid: UUID
     status: str
     error: str = ""
     traceback: str = ""
@@ -226,7 +233,7 @@ def parse_start(data: dict) -> StartInput:
     if interval is not None and interval > MAX_INTERVAL:
         raise InvalidInput(f"'heartbeat_interval' must be a number of seconds between 0 and {MAX_INTERVAL}")
     return StartInput(
-        uuid=uuid_value(data, "uuid", required=True),
+        uuid=required_uuid(data, "uuid"),
         name=name,
         tags=tags(data),
         parent_uuid=uuid_value(data, "parent_uuid"),
@@ -247,7 +254,7 @@ def parse_heartbeat(data: dict) -> HeartbeatInput:
             raise InvalidInput("'progress.done' is required when 'progress' is given")
         total = integer(progress, "total", label="progress.total")
     return HeartbeatInput(
-        uuid=uuid_value(data, "uuid", required=True),
+        uuid=required_uuid(data, "uuid"),
         done=done,
         total=total,
         metrics=metrics(data),
@@ -257,7 +264,7 @@ def parse_heartbeat(data: dict) -> HeartbeatInput:
 
 def parse_finish(data: dict) -> FinishInput:
     return FinishInput(
-        uuid=uuid_value(data, "uuid", required=True),
+        uuid=required_uuid(data, "uuid"),
         status=choice(data, "status", FINAL_STATUSES),
         error=string(data, "error"),
         traceback=string(data, "traceback"),
@@ -275,6 +282,7 @@ class BatchItem:
     message: NotifyInput | None = None
     idempotency_key: str | None = None
     error: ApiError | None = None
+    fingerprint: str = ""  # of the message, as idempotency compares retries
 
 
 def parse_batch_item(raw: Any) -> BatchItem:
@@ -288,7 +296,8 @@ def parse_batch_item(raw: Any) -> BatchItem:
             if not isinstance(key, str):
                 raise InvalidInput("'idempotency_key' must be a string", code="invalid_idempotency_key")
             key = check_key(key)
-        return BatchItem(message=parse_notify(raw), idempotency_key=key)
+        return BatchItem(message=parse_notify(raw), idempotency_key=key,
+                         fingerprint=message_fingerprint(raw) if key is not None else "")
     except ApiError as exc:
         return BatchItem(error=exc)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
-from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.http import urlencode
 
@@ -17,7 +15,7 @@ from core.state_machine import InvalidTransition
 from notifications import ratelimit, services
 from notifications.api import idempotency
 from notifications.api.errors import ApiError, InvalidInput
-from notifications.api.http import Answer, Call, endpoint
+from notifications.api.http import Answer, Call, endpoint, valid_text
 from notifications.api.validation import (
     BatchItem,
     parse_finish,
@@ -34,18 +32,13 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 2
 
 
-def client_ip(request: HttpRequest) -> str:
-    """The peer address as the ASGI server reports it (behind a proxy, run daphne with --proxy-headers)."""
-    return request.META.get("REMOTE_ADDR") or "unknown"
-
-
 # ---------------------------------------------------------------------------------- pairing
 
 
 @endpoint("POST", name="register", auth=False, body="json")
 def register(call: Call) -> Answer:
     data = parse_register(call.data)
-    ip = client_ip(call.request)
+    ip = call.address  # behind proxies: settings.TRUSTED_PROXY_COUNT (core.client_address)
     decision = ratelimit.check_pairing_ip(ip)
     if not decision.allowed:
         raise ApiError(429, "rate_limited",
@@ -65,7 +58,7 @@ def register(call: Call) -> Answer:
 
 @endpoint("GET", name="register/poll", auth=False)
 def register_poll(call: Call, code: str) -> Answer:
-    secret = call.request.GET.get("secret", "")
+    secret = valid_text(call.request.GET.get("secret", ""))
     if not secret:
         raise InvalidInput("the 'secret' query parameter from poll_url is required")
     pairing = PairingRequest.objects.filter(code=code).first()
@@ -103,10 +96,10 @@ def validate(call: Call) -> Answer:
     }
 
 
-@endpoint("POST", name="notify", body="json_or_file")
+@endpoint("POST", name="notify", body="json_or_file", budget=True)
 def notify(call: Call) -> Answer:
     data = parse_notify(call.data, has_file=call.upload is not None)
-    charge_notify_budget(call, messages=1)
+    call.charge(messages=1)
     attachment = None
     if call.upload is not None:
         attachment = services.attachment_for(call.upload.name or "file", call.upload.read(),
@@ -116,26 +109,7 @@ def notify(call: Call) -> Answer:
     return 202, {"message_id": message.pk, "status": "queued"}
 
 
-def request_bytes(call: Call) -> int:
-    """The size of the request body (a multipart body is read already: its declared length)."""
-    if call.request.content_type != "multipart/form-data":
-        return len(call.request.body)
-    declared = int(call.request.META.get("CONTENT_LENGTH") or 0)  # checked to be a number already
-    return declared or (call.upload.size if call.upload is not None else 0) + len(json.dumps(call.data))
-
-
-def charge_notify_budget(call: Call, *, messages: int) -> None:
-    """Count ``messages`` and the request's bytes against the key's per-minute budgets, or 429.
-    Runs inside the request's transaction: a refused request rolls its own charge back."""
-    decision = ratelimit.spend(call.api_key, messages=messages, size=request_bytes(call))
-    if not decision.allowed:
-        what = "messages" if decision.window == ratelimit.MESSAGES_PER_MINUTE.name else "bytes"
-        raise ApiError(429, "rate_limited",
-                       f"more than {decision.limit} {what} of notifications per minute for this key; "
-                       f"retry in {decision.retry_after}s", {"Retry-After": str(decision.retry_after)})
-
-
-@endpoint("POST", name="notify/batch", body="json")
+@endpoint("POST", name="notify/batch", body="json", budget=True)
 def notify_batch(call: Call) -> Answer:
     """Up to 100 notifications in one request, all queued in one transaction; each item is
     answered as ``POST /api/notify`` would answer it alone (its own idempotency key included)."""
@@ -143,7 +117,7 @@ def notify_batch(call: Call) -> Answer:
     results = [_queue_batch_item(call, item) for item in items]
     # Charged after the items' idempotency claims, as the single form is (one lock order), and
     # only for messages queued now: over budget, the whole batch rolls back and is answered 429.
-    charge_notify_budget(call, messages=sum(1 for r in results if r["status"] == 202 and "replayed" not in r))
+    call.charge(messages=sum(1 for r in results if r["status"] == 202 and "replayed" not in r))
     queued = sum(1 for result in results if result["status"] == 202)
     return 200, {"results": results, "queued": queued, "rejected": len(results) - queued}
 
@@ -151,6 +125,7 @@ def notify_batch(call: Call) -> Answer:
 def _queue_batch_item(call: Call, item: BatchItem) -> dict:
     def produce() -> Answer:
         data = item.message
+        assert data is not None  # an item without a message carries the error it is answered with
         message = services.notify(call.api_key, data.text, data.level, data.format, data.process_id,
                                   data.metadata)
         return 202, {"message_id": message.pk, "status": "queued"}
@@ -162,7 +137,8 @@ def _queue_batch_item(call: Call, item: BatchItem) -> dict:
         if item.idempotency_key is None:
             status, body = produce()
         else:  # the single form's namespace: a message first sent alone is replayed here, and back
-            status, body, replayed = idempotency.run_once(call.api_key, item.idempotency_key, "notify", produce)
+            status, body, replayed = idempotency.run_once(call.api_key, item.idempotency_key, idempotency.NOTIFY,
+                                                          item.fingerprint, produce)
     except ApiError as exc:
         return {"status": exc.status, "body": {"error": {"code": exc.code, "message": exc.message}}}
     except services.ServiceError as exc:

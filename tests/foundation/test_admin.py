@@ -11,7 +11,7 @@ from accounts.models import ApiKey, PairingRequest
 from core.models import Attachment, OutboxMessage
 from core.site import publish_bot
 from jobs.models import Job
-from notifications.models import IdempotencyRecord, RateCounter, TrackedProcess
+from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
 from telegram_app.models import BotState
 from workers.models import ConnectToken, Worker
 
@@ -31,6 +31,7 @@ def one_of_each(account):
     process = TrackedProcess.objects.create(account=account, name="train.py")
     IdempotencyRecord.objects.create(api_key=key, key="k1", endpoint="notify", status_code=202, response={})
     RateCounter.objects.create(api_key=key, window="10s", window_start=timezone.now(), count=1)
+    AddressCounter.objects.create(address="203.0.113.1", window="bad-keys", window_start=timezone.now(), count=1)
     BotState.objects.create(kind="user_data", key="1", data={})
     publish_bot(username="statsbot_test_bot")
     return {"secrets": [raw, credential, token_raw], "account": account, "key": key, "worker": worker,

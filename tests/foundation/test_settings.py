@@ -18,7 +18,8 @@ PROD = {
 def config(monkeypatch, **variables):
     for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "PUBLIC_URL",
                  "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_BOT_USERNAME", "LOG_LEVEL",
-                 "WORKER_DISCONNECT_GRACE", "JOB_LOST_GRACE", "HEARTBEAT_GRACE"):
+                 "WORKER_DISCONNECT_GRACE", "JOB_LOST_GRACE", "HEARTBEAT_GRACE", "DATABASE_POOL_SIZE",
+                 "TRUSTED_PROXY_COUNT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -28,7 +29,7 @@ def config(monkeypatch, **variables):
 def test_it_runs_on_embedded_defaults(monkeypatch):
     cfg = config(monkeypatch)
     assert cfg.debug is True
-    assert cfg.database["ENGINE"] == "django.db.backends.sqlite3"
+    assert cfg.database["ENGINE"] == "core.sqlite_backend"  # Django's: the log kept open, any text read
     assert cfg.database["NAME"] == BASE / "db.sqlite3"
     assert cfg.channel_layer == {"BACKEND": "channels.layers.InMemoryChannelLayer"}
     assert cfg.use_sandbox is True
@@ -68,6 +69,11 @@ def test_it_reads_a_production_configuration(monkeypatch):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"JOB_LOST_GRACE": "soon"}, "JOB_LOST_GRACE"),
         ({"WORKER_DISCONNECT_GRACE": "-5"}, "WORKER_DISCONNECT_GRACE"),
+        ({"DATABASE_URL": "postgres://h/db", "DATABASE_POOL_SIZE": "-1"}, "DATABASE_POOL_SIZE"),
+        ({"DATABASE_URL": "postgres://h/db", "DATABASE_POOL_SIZE": "many"}, "DATABASE_POOL_SIZE"),
+        ({"DATABASE_URL": "sqlite://"}, "DATABASE_URL"),
+        ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT"),
+        ({"TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT"),
         ({**PROD, "SECRET_KEY": ""}, "SECRET_KEY"),
         ({**PROD, "SECRET_KEY": "short"}, "SECRET_KEY"),
         ({**PROD, "ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),
@@ -93,3 +99,54 @@ def test_it_passes_the_deploy_checks_in_production(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+WAL = "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL"
+
+
+@pytest.mark.parametrize("url", ["", "sqlite:////srv/statsbot/db.sqlite3", "sqlite:///relative.db"])
+def test_every_sqlite_configuration_gets_wal_a_busy_timeout_and_immediate_transactions(monkeypatch, url):
+    cfg = config(monkeypatch, **({"DATABASE_URL": url} if url else {}))
+    assert cfg.database["ENGINE"] == "core.sqlite_backend"  # Django's: the log kept open, any text read
+    assert cfg.database["OPTIONS"] == {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": WAL}
+    assert cfg.database["TEST"]["NAME"]  # a file: the live-server tests share it between threads
+
+
+def test_a_sqlite_url_may_override_an_option(monkeypatch):
+    cfg = config(monkeypatch, DATABASE_URL="sqlite:////tmp/x.db?timeout=60")
+    assert cfg.database["OPTIONS"] == {"timeout": 60, "transaction_mode": "IMMEDIATE", "init_command": WAL}
+
+
+def test_postgres_shares_a_connection_pool_between_the_asgi_threads(monkeypatch):
+    cfg = config(monkeypatch, DATABASE_URL="postgres://postgres@127.0.0.1:5432/test")
+    assert cfg.database["CONN_MAX_AGE"] == 0  # a persistent connection would be one per thread
+    assert cfg.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 10, "max_idle": 60, "timeout": 30}
+    sized = config(monkeypatch, DATABASE_URL="postgres://h/db", DATABASE_POOL_SIZE="25").database
+    assert sized["OPTIONS"]["pool"]["max_size"] == 25
+    unpooled = config(monkeypatch, DATABASE_URL="postgres://h/db", DATABASE_POOL_SIZE="0").database
+    assert "pool" not in unpooled.get("OPTIONS", {}) and unpooled["CONN_MAX_AGE"] == 0
+
+
+def test_it_reads_the_number_of_trusted_proxies(monkeypatch):
+    assert config(monkeypatch).trusted_proxy_count == 0
+    assert config(monkeypatch, TRUSTED_PROXY_COUNT="2").trusted_proxy_count == 2
+
+
+def test_a_sqlite_url_really_opens_in_wal_mode(tmp_path):
+    """What a process started with ``DATABASE_URL=sqlite:///…`` (a documented form) gets."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    # After the connection closes (as after every request) the log is still there: the process
+    # keeps it open (core.sqlite), so closing does not checkpoint it with several fsyncs.
+    code = ("import os; from django.db import connection as c; cur = c.cursor(); "
+            "mode = cur.execute('PRAGMA journal_mode').fetchone()[0]; "
+            "timeout = cur.execute('PRAGMA busy_timeout').fetchone()[0]; "
+            "cur.execute('CREATE TABLE t (x)'); c.close(); "
+            "print(mode, timeout, c.transaction_mode, os.path.exists(c.settings_dict['NAME'] + '-wal'))")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["wal", "20000", "IMMEDIATE", "True"]

@@ -125,12 +125,15 @@ def test_it_rate_limits_per_hour(api, issued_key):
     assert not OutboxMessage.objects.exists()
 
 
-def test_it_counts_requests_in_one_row_per_window(issued_key):
+def test_it_counts_requests_in_one_row_per_window(issued_key, django_assert_num_queries):
     now = timezone.now()
     for _ in range(5):
-        assert ratelimit.hit(issued_key[0], now=now).allowed
+        with django_assert_num_queries(1):  # every window in one upsert
+            assert ratelimit.charge(issued_key[0].pk, now=now).allowed
+    with django_assert_num_queries(1):
+        assert ratelimit.charge(issued_key[0].pk, messages=3, size=100, now=now).allowed
     counters = {c.window: c.count for c in RateCounter.objects.filter(api_key=issued_key[0])}
-    assert counters == {"10s": 5, "1h": 5}
+    assert counters == {"10s": 6, "1h": 6, "1m-messages": 3, "1m-bytes": 100}
 
 
 def test_it_answers_unexpected_failures_with_json_500(api, monkeypatch):
