@@ -12,6 +12,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.networks import address_allowed, parse_networks
 from core.secrets import hash_secret, new_secret, short_code
 from core.state_machine import InvalidTransition, StateMachineModel
 
@@ -80,56 +81,124 @@ class Account(models.Model):
         self.save(update_fields=["chat_id"])
 
     def active_key(self) -> ApiKey | None:
-        return self.api_keys.filter(revoked_at__isnull=True).first()
+        """The newest active key (an account has one per paired machine)."""
+        return ApiKey.objects.active().filter(account=self).first()
+
+    def active_keys(self) -> list[ApiKey]:
+        """Every active key (a rotated one still in its grace period too), newest first."""
+        return list(ApiKey.objects.active().filter(account=self))
 
 
 class ApiKeyQuerySet(models.QuerySet):
     def active(self) -> ApiKeyQuerySet:
-        return self.filter(revoked_at__isnull=True)
+        """Neither revoked nor expired (a rotated key is active until its grace period ends)."""
+        return self.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), revoked_at__isnull=True)
+
+
+#: How long a rotated key keeps working next to its successor: the chat's buttons, and the default.
+GRACE_CHOICES = (timedelta(hours=1), timedelta(hours=24), timedelta(days=7))
+DEFAULT_GRACE = timedelta(hours=24)
+#: A machine paired again: its previous key keeps working this long (revoke it in /status if it leaked).
+REPAIR_GRACE = timedelta(minutes=5)
+MAX_GRACE = timedelta(days=30)
+
+
+KEY_NAME_CHARS = 64
+
+
+def clean_key_name(raw: str) -> str:
+    """A key's machine name as shown in the chat: one line, no control characters, at most 64 chars."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(raw or ""))
+    return " ".join(text.split())[:KEY_NAME_CHARS]
 
 
 class ApiKey(models.Model):
-    """A notification key (``exp_…``). Only its hash and a short prefix are stored."""
+    """A notification key (``exp_…``). Only its hash and a short prefix are stored.
+
+    One key per machine: ``setup()`` on another machine adds a key named after it (pairing the
+    same machine again replaces that machine's key only); keys issued in the chat have no name.
+    """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=KEY_NAME_CHARS, blank=True, help_text="The machine it is for.")
     prefix = models.CharField(max_length=16)
     secret_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the key is rotated: it keeps working until then (grace period)."
+    )
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The key issued when this one was rotated.",
+    )
+    allowed_networks = models.JSONField(
+        default=list, blank=True,
+        help_text="CIDR networks (IPv4/IPv6) requests with this key may come from; empty allows any address.",
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["account"], condition=Q(revoked_at__isnull=True), name="one_active_key_per_account"
-            ),
-        ]
+        indexes = [models.Index(fields=["account", "revoked_at"])]
 
     def __str__(self) -> str:
-        return f"{self.prefix}… ({'revoked' if self.revoked_at else 'active'})"
+        state = "revoked" if self.revoked_at else "expired" if self.is_expired else "active"
+        return f"{self.prefix}… ({state})"
+
+    @property
+    def is_expired(self) -> bool:
+        """Past the end of its grace period after a rotation."""
+        return self.expires_at is not None and timezone.now() >= self.expires_at
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    def allows(self, address: str) -> bool:
+        """True when requests from ``address`` may use this key (its allowlist is empty or holds it)."""
+        return address_allowed(address, self.allowed_networks or [])
+
+    @property
+    def label(self) -> str:
+        """How the chat names it: its machine, or its prefix when it has none."""
+        return self.name or f"{self.prefix}…"
 
     @classmethod
-    def issue(cls, account: Account) -> tuple[ApiKey, str]:
-        """Revoke the account's active key, if any, and issue a new one; returns the raw key once."""
+    def issue(
+        cls, account: Account, name: str = "", allowed_networks: list[str] | None = None
+    ) -> tuple[ApiKey, str]:
+        """Issue a new key (the account's other keys keep working); returns the raw key once."""
         secret = new_secret("exp")
-        with transaction.atomic():
-            cls.objects.active().filter(account=account).update(revoked_at=timezone.now())
-            key = cls.objects.create(account=account, prefix=secret.prefix, secret_hash=secret.hash)
+        key = cls.objects.create(
+            account=account, name=clean_key_name(name), prefix=secret.prefix, secret_hash=secret.hash,
+            allowed_networks=list(allowed_networks or []),
+        )
         return key, secret.raw
 
     @classmethod
-    def adopt(cls, account: Account, *, secret_hash: str, prefix: str) -> ApiKey:
-        """Make a key whose raw value the client already holds (pairing) the account's active key."""
+    def adopt(cls, account: Account, *, secret_hash: str, prefix: str, name: str = "") -> ApiKey:
+        """Add a key whose raw value the client already holds (pairing) for machine ``name``.
+
+        Pairing the same machine again rotates its key: the active keys of the same account with
+        the same machine name keep working for ``REPAIR_GRACE`` more (scripts running there switch
+        to the new key from ``.env``), then expire; the new key takes over their IP allowlist.
+        Keys of other machines are not touched.
+        """
+        name = clean_key_name(name)
         with transaction.atomic():
-            cls.objects.active().filter(account=account).update(revoked_at=timezone.now())
-            return cls.objects.create(account=account, prefix=prefix, secret_hash=secret_hash)
+            replaced = list(cls.objects.active().select_for_update().filter(account=account, name=name)) if name else []
+            networks = replaced[0].allowed_networks if replaced else []
+            key = cls.objects.create(account=account, name=name, prefix=prefix, secret_hash=secret_hash,
+                                     allowed_networks=list(networks or []))
+            if replaced:
+                ends = timezone.now() + REPAIR_GRACE
+                same = cls.objects.filter(pk__in=[old.pk for old in replaced])
+                same.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=ends)).update(expires_at=ends)
+                same.filter(replaced_by__isnull=True).update(replaced_by=key)
+            return key
 
     @classmethod
     def authenticate(cls, raw: str) -> ApiKey | None:
@@ -146,6 +215,44 @@ class ApiKey(models.Model):
             raise InvalidTransition("this key is already revoked")
         self.revoked_at = timezone.now()
         self.save(update_fields=["revoked_at"])
+
+    def rotate(self, grace: timedelta = DEFAULT_GRACE) -> tuple[ApiKey, str]:
+        """Issue this key's successor (same machine name and allowlist) and let this key work for
+        ``grace`` more, then expire. Returns the new key and its raw value, shown once.
+
+        Raises ``InvalidTransition`` when the key is revoked, expired or rotated already (its
+        successor is the one to rotate), and ``ValueError`` for a grace period outside 0–30 days.
+        """
+        if grace < timedelta(0) or grace > MAX_GRACE:
+            raise ValueError(f"the grace period must be between 0 and {MAX_GRACE.days} days")
+        with transaction.atomic():
+            current = ApiKey.objects.select_for_update().get(pk=self.pk)
+            if not current.is_active:
+                raise InvalidTransition("this key is no longer active")
+            if current.replaced_by_id is not None:
+                raise InvalidTransition("this key was rotated already; rotate its new key instead")
+            successor, raw = ApiKey.issue(current.account, current.name, current.allowed_networks)
+            current.expires_at = timezone.now() + grace
+            current.replaced_by = successor
+            current.save(update_fields=["expires_at", "replaced_by"])
+        self.expires_at, self.replaced_by = current.expires_at, successor
+        return successor, raw
+
+    def set_allowed_networks(self, entries: list[object]) -> list[str]:
+        """Replace the allowlist (an empty list allows any address); returns it normalised.
+        Raises ``accounts.networks.InvalidNetworks`` naming a bad entry."""
+        self.allowed_networks = parse_networks(entries)
+        self.save(update_fields=["allowed_networks"])
+        return self.allowed_networks
+
+    def rename(self, name: str) -> str:
+        """Give the key a new machine name; returns the cleaned name (ValueError when empty)."""
+        cleaned = clean_key_name(name)
+        if not cleaned:
+            raise ValueError("a key's name cannot be empty")
+        self.name = cleaned
+        self.save(update_fields=["name"])
+        return cleaned
 
     def touch(self) -> None:
         """Record use, at most once a minute per key to spare the database."""
@@ -234,12 +341,14 @@ class PairingRequest(StateMachineModel):
         )
 
     def confirm(self, account: Account) -> ApiKey:
-        """The user tapped the link: the key the client will fetch becomes the account's key."""
+        """The user approved the link: the key the client will fetch is added for its machine."""
         if self.is_expired:
             raise InvalidTransition("this pairing link has expired")
         with transaction.atomic():
             self._move(self.State.CONFIRMED, account=account, confirmed_at=timezone.now())
-            return ApiKey.adopt(account, secret_hash=self.key_hash, prefix=self.key_prefix)
+            return ApiKey.adopt(
+                account, secret_hash=self.key_hash, prefix=self.key_prefix, name=self.label or self.hostname
+            )
 
     def claim(self, poll_secret: str) -> str:
         """Hand the key over once, to the client that started the pairing."""

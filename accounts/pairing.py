@@ -49,9 +49,10 @@ def start_pairing(*, hostname: str = "", label: str = "") -> tuple[PairingReques
 
 
 def confirm_pairing(account: Account, code: str) -> ApiKey | PairingRefusal:
-    """The user opened ``t.me/<bot>?start=pair_<code>``: make the pairing's key the account's key.
+    """The user opened ``t.me/<bot>?start=pair_<code>``: add the pairing's key for its machine.
 
-    Returns the new active ``ApiKey`` (any previous key of the account is revoked), or a
+    Returns the new active ``ApiKey`` (named after the machine; the account's keys for other
+    machines keep working, an older key of the same machine is revoked), or a
     ``PairingRefusal``. Tapping the link again from the same account returns the same key.
     Queues no message: the bot answers the user itself.
     """

@@ -1,8 +1,11 @@
 """POST /api/notify against a bare Django view on the same server, on SQLite and PostgreSQL.
 
-For each database: migrate a fresh one, issue API keys, start one daphne process as the Procfile
-does (``DEBUG=false``) with the site plus a bare view (``benchmarks/notify_site.py``), and drive
-both with c concurrent keep-alive clients (c = 1, 10, 50). Printed: requests/s, p50 and p99
+For each database and each HTTP server (``--server``: daphne, uvicorn, gunicorn with uvicorn
+workers): migrate a fresh database, issue API keys, start the server as the Procfile would
+(``DEBUG=false``) with the site plus a bare view (``benchmarks/notify_site.py``), and drive
+both with c concurrent keep-alive clients (c = 1, 10, 50). With more than one server, the
+summary also compares each server's throughput with the first one's, same run: how the server
+in the Procfile was chosen. Printed: requests/s, p50 and p99
 latency, 5xx and other refusals, and notify's throughput as a ratio of the bare view's, measured in
 the same run. Afterwards every accepted (202) notification must be a row in the outbox.
 
@@ -12,7 +15,8 @@ it) against the same counters kept in Redis, which is how the limiter's home was
 Usage (from the repository root):
 
     python benchmarks/notify_api.py                 # full: 10 s per point, both databases
-    python benchmarks/notify_api.py --quick         # CI: 2 s per point, c = 10 and 50
+    python benchmarks/notify_api.py --quick         # CI: 2 s per point, c = 10 and 50, the Procfile's server
+    python benchmarks/notify_api.py --server daphne,uvicorn,gunicorn:2   # gunicorn with 2 uvicorn workers
     python benchmarks/notify_api.py --pool-sizes 10,0 --postgres-url postgres://postgres@127.0.0.1:5432/bench
 
 Exit status 1 when any request got a 5xx or an accepted message has no row (a speed shortfall
@@ -30,10 +34,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -137,27 +144,65 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+APP = "statsbot_site.asgi:application"
+WS_MAX_SIZE = 1024 * 1024  # as daphne's default: worker frames stay far below it
+
+
+def procfile_server() -> str:
+    """The server the Procfile's ``web:`` line runs (the default of ``--quick``)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return next((name for name in SERVERS if name in line.split()[1]), "daphne")
+    return "daphne"
+
+
+SERVERS = ("daphne", "uvicorn", "gunicorn")
+
+
+def server_command(server: str, port: int) -> list[str]:
+    """How each server is started: one process (gunicorn: ``gunicorn:N`` uvicorn workers, default 1),
+    no access log (the load balancer keeps one), WebSocket frames capped at 1 MiB."""
+    name, _, workers = server.partition(":")
+    if name == "daphne":
+        return [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port), "-v", "0", APP]
+    if name == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--no-proxy-headers",
+                "--lifespan", "off", "--ws-max-size", str(WS_MAX_SIZE), APP]
+    if name == "gunicorn":
+        return [sys.executable, "-m", "gunicorn", "--worker-class", "uvicorn.workers.UvicornWorker",
+                "--workers", workers or "1", "--bind", f"127.0.0.1:{port}", APP]
+    raise SystemExit(f"unknown server {server!r}; use daphne, uvicorn or gunicorn[:workers]")
+
+
 @contextmanager
-def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
-    """One daphne process, as the Procfile's ``web:`` runs it."""
+def serve(server: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """One server (``daphne``, ``uvicorn`` or ``gunicorn[:workers]``) on a free port; yields its URL."""
+    with serve_process(server, env, log) as (url, _pid):
+        yield url
+
+
+@contextmanager
+def serve_process(server: str, env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
+    """As ``serve``, yielding the URL and the server's process id once it answers."""
     port = free_port()
     with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port),
-             "statsbot_site.asgi:application"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(server_command(server, port), cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise SystemExit(f"daphne exited with {process.returncode}; see {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                raise SystemExit(f"{server} exited with {process.returncode}; see {log}")
+            try:  # an answer, not an open port: gunicorn's master listens before its workers run
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
                     break
+            except urllib.error.HTTPError:
+                break  # answered (503 while a backend warms up is an answer)
             except OSError:
                 time.sleep(0.1)
         else:
-            raise SystemExit(f"daphne did not listen within 30 s; see {log}")
-        yield f"http://127.0.0.1:{port}"
+            raise SystemExit(f"{server} did not answer within 30 s; see {log}")
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         try:
@@ -175,6 +220,7 @@ class Point:
     backend: str
     concurrency: int
     target: str
+    server: str = "daphne"
     requests: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -304,8 +350,13 @@ def internal(args: argparse.Namespace) -> bool:
     return True
 
 
-def run_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> tuple[list[Point], list[str]]:
+def run_backend(backend: Backend, servers: list[str], args: argparse.Namespace,
+                workdir: Path) -> tuple[list[Point], list[str]]:
+    """Every server at once on one fresh database, measured in turn at each point (so a change in
+    the machine's load while the run goes on does not favour one server)."""
     problems: list[str] = []
+    workdir = workdir / backend.name.replace(" ", "_")
+    workdir.mkdir()
     env = backend.env(workdir)
     manage(env, "migrate", "--noinput")
     keys = json.loads(subprocess.run(
@@ -313,28 +364,18 @@ def run_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> tu
         text=True, check=True, timeout=300).stdout)
     points: list[Point] = []
     accepted = 0
-    log = workdir / f"daphne-{backend.name.replace(' ', '_')}.log"
-    with daphne(env, log) as url:
+    logs = {server: workdir / f"{server.replace(':', '-')}.log" for server in servers}
+    with ExitStack() as running:
+        urls = {server: running.enter_context(serve(server, env, logs[server])) for server in servers}
         for concurrency in args.concurrency:
             for target in ("bare", "notify"):
-                point = Point(backend.name, concurrency, target)
-                stop: list[bool] = []
-                seen: list[int] = []
-                sampler = None
-                if backend.database_url:
-                    import threading
-
-                    sampler = threading.Thread(target=peak_connections, args=(backend.database_url, stop, seen))
-                    sampler.start()
-                asyncio.run(load(url, target, concurrency, args.duration, keys, point))
-                if sampler is not None:
-                    stop.append(True)
-                    sampler.join()
-                    point.peak_connections = max(seen, default=0)
-                points.append(point)
-                if target == "notify":
-                    accepted += point.statuses.get(202, 0)
-                print_point(point, points)
+                for server in servers:
+                    point = Point(backend.name, concurrency, target, server)
+                    measure(urls[server], backend, point, args, keys)
+                    points.append(point)
+                    if target == "notify":
+                        accepted += point.statuses.get(202, 0)
+                    print_point(point, points)
     rows = int(subprocess.run([sys.executable, __file__, "--count-rows"], cwd=ROOT, env=env, capture_output=True,
                               text=True, check=True, timeout=120).stdout.strip())
     # Requests that finished after the measured window still wrote rows: rows >= accepted.
@@ -345,9 +386,11 @@ def run_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> tu
               "outbox (requests finishing outside the windows add rows): every accepted message is a row")
     for point in points:
         if point.server_errors:
-            problems.append(f"{backend.name} c={point.concurrency} {point.target}: {point.server_errors} 5xx/errors")
-    if "5xx" not in " ".join(problems) and log.exists() and "database is locked" in log.read_text(errors="replace"):
-        problems.append(f"{backend.name}: 'database is locked' in the server log")
+            problems.append(f"{point.server} {backend.name} c={point.concurrency} {point.target}: "
+                            f"{point.server_errors} 5xx/errors")
+    for server, log in logs.items():
+        if log.exists() and "database is locked" in log.read_text(errors="replace"):
+            problems.append(f"{server} {backend.name}: 'database is locked' in the server log")
     limiter_env = {**env, "BENCH_REDIS_URL": args.redis_url if args.redis_url else ""}
     timings = json.loads(subprocess.run(
         [sys.executable, __file__, "--limiter", str(args.limiter_rounds)], cwd=ROOT, env=limiter_env,
@@ -356,17 +399,39 @@ def run_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> tu
     return points, problems
 
 
+def measure(url: str, backend: Backend, point: Point, args: argparse.Namespace, keys: list[str]) -> None:
+    stop: list[bool] = []
+    seen: list[int] = []
+    sampler = None
+    if backend.database_url:
+        sampler = threading.Thread(target=peak_connections, args=(backend.database_url, stop, seen), daemon=True)
+        sampler.start()
+    try:
+        asyncio.run(load(url, point.target, point.concurrency, args.duration, keys, point))
+    finally:
+        if sampler is not None:
+            stop.append(True)
+            sampler.join()
+            point.peak_connections = max(seen, default=0)
+
+
+def same_point(points: list[Point], like: Point, **differing: str) -> Point | None:
+    """The point measured like ``like`` except for ``differing`` (server= or target=)."""
+    want = {"server": like.server, "backend": like.backend, "target": like.target, **differing}
+    return next((p for p in points if p.concurrency == like.concurrency
+                 and all(getattr(p, name) == value for name, value in want.items())), None)
+
+
 def print_point(point: Point, points: list[Point]) -> None:
     refusals = {status: n for status, n in point.statuses.items() if status >= 300}
     extra = ""
     if point.target == "notify":
-        bare = next((p for p in points if p.backend == point.backend and p.concurrency == point.concurrency
-                     and p.target == "bare"), None)
+        bare = same_point(points, point, target="bare")
         if bare and bare.rate:
             ratio = point.rate / bare.rate
             extra = f"  ratio {ratio:.2f} ({'meets' if ratio >= TARGET_RATIO else 'below'} the {TARGET_RATIO}× target)"
     pool = f"  peak db connections {point.peak_connections}" if point.peak_connections is not None else ""
-    print(f"  {point.backend:<22} c={point.concurrency:<3} {point.target:<6} {point.rate:8.0f} req/s  "
+    print(f"  {point.server:<10} {point.backend:<18} c={point.concurrency:<3} {point.target:<6} {point.rate:8.0f} req/s  "
           f"p50 {point.percentile(0.5):6.1f} ms  p99 {point.percentile(0.99):7.1f} ms  "
           f"5xx {point.server_errors}  refused {refusals or 0}{pool}{extra}", flush=True)
 
@@ -387,6 +452,8 @@ def main() -> int:
                         "(0 = no pool, a connection per request)")
     parser.add_argument("--keys", type=int, default=2000, help="API keys the clients rotate through")
     parser.add_argument("--limiter-rounds", type=int, default=2000)
+    parser.add_argument("--server", help="comma-separated servers: daphne, uvicorn, gunicorn[:workers] "
+                        "(default all three, gunicorn with 1 worker; --quick: the Procfile's)")
     parser.add_argument("--make-keys", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count-rows", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--limiter", type=int, help=argparse.SUPPRESS)
@@ -395,6 +462,9 @@ def main() -> int:
         return 0
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.concurrency = args.concurrency or ([10, 50] if args.quick else [1, 10, 50])
+    servers = args.server.split(",") if args.server else ([procfile_server()] if args.quick else list(SERVERS))
+    for server in servers:
+        server_command(server, 0)  # an unknown name stops here, before any work
     if args.quick:
         args.keys = min(args.keys, 600)
         args.limiter_rounds = min(args.limiter_rounds, 300)
@@ -407,7 +477,7 @@ def main() -> int:
         for size in (int(s) for s in args.pool_sizes.split(",")):
             label = f"postgres pool={size}" if size else "postgres no pool"
             backends.append(Backend(label, args.postgres_url, pool_size=size, redis_url=args.redis_url))
-    print(f"notify API vs a bare Django view, one daphne process, {args.duration:g} s per point "
+    print(f"notify API vs a bare Django view, servers {', '.join(servers)}, {args.duration:g} s per point "
           f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
     problems: list[str] = []
     all_points: list[Point] = []
@@ -415,7 +485,7 @@ def main() -> int:
         for backend in backends:
             if backend.database_url and not fresh_postgres(backend.database_url):
                 continue
-            points, found = run_backend(backend, args, Path(tmp))
+            points, found = run_backend(backend, servers, args, Path(tmp))
             all_points += points
             problems += found
     print()
@@ -423,11 +493,21 @@ def main() -> int:
     for point in all_points:
         if point.target != "notify":
             continue
-        bare = next(p for p in all_points if p.backend == point.backend and p.concurrency == point.concurrency
-                    and p.target == "bare")
-        ratio = point.rate / bare.rate if bare.rate else 0.0
-        print(f"  {point.backend:<22} c={point.concurrency:<3} {ratio:.2f}×  (notify {point.rate:.0f}, "
-              f"bare {bare.rate:.0f} req/s; 5xx {point.server_errors})")
+        bare = same_point(all_points, point, target="bare")
+        ratio = point.rate / bare.rate if bare and bare.rate else 0.0
+        print(f"  {point.server:<10} {point.backend:<18} c={point.concurrency:<3} {ratio:.2f}×  (notify "
+              f"{point.rate:.0f}, bare {bare.rate if bare else 0:.0f} req/s; 5xx {point.server_errors})")
+    if len(servers) > 1:
+        print()
+        print(f"servers: req/s as a multiple of {servers[0]}'s, same database, same load, same run")
+        for point in all_points:
+            if point.server == servers[0]:
+                continue
+            first = same_point(all_points, point, server=servers[0])
+            ratio = point.rate / first.rate if first and first.rate else 0.0
+            print(f"  {point.server:<10} {point.backend:<18} c={point.concurrency:<3} {point.target:<6} "
+                  f"{ratio:.2f}×  ({point.rate:.0f} vs {first.rate if first else 0:.0f} req/s; "
+                  f"p99 {point.percentile(0.99):.0f} vs {first.percentile(0.99) if first else 0:.0f} ms)")
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
         return 1

@@ -7,8 +7,9 @@ from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.utils import timezone
 
-from core import events
+from core import claims, events
 from core.layer import OUTBOX_GROUP, ring
 from core.models import Attachment, BotIdentity, OutboxMessage
 from core.outbox import enqueue
@@ -39,14 +40,19 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     search_fields = ("account__username", "account__telegram_user_id", "chat_id", "text", "edit_key")
     list_select_related = ("account",)
     fields = ("account", "chat_id", "kind", "payload", "text", "parse_mode", "buttons", "edit_key", "state",
-              "attempts", "next_attempt_at", "claimed_at", "claimed_by", "sent_at", "sent_message_id", "error",
-              "created_at")
+              "attempts", "next_attempt_at", "claimed_at", "claimed_by", "lease_expires_at", "sent_at",
+              "sent_message_id", "error", "created_at")
     readonly_fields = fields
     inlines = [AttachmentInline]
     actions = ["retry_messages"]
 
     def get_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
         return ("account", "text") if obj is None else self.fields
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """The list, headed by the senders holding claims and when their leases run out."""
+        context = {**(extra_context or {}), "live_senders": claims.live_senders(), "now": timezone.now()}
+        return super().changelist_view(request, extra_context=context)
 
     def get_readonly_fields(self, request: HttpRequest, obj: OutboxMessage | None = None) -> tuple[str, ...]:
         return () if obj is None else self.readonly_fields

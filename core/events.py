@@ -24,6 +24,13 @@ class JobsCancel(TypedDict):
     job_id: str
 
 
+class JobsStopEarly(TypedDict):
+    """To a worker group: tell the worker to end this AutoML search now and keep the best model."""
+
+    type: Literal["jobs.stop_early"]
+    job_id: str
+
+
 class WorkerReplaced(TypedDict):
     """To one worker connection: a newer connection of the same account took over; close."""
 
@@ -55,7 +62,7 @@ class HealthzPing(TypedDict):
     type: Literal["healthz.ping"]
 
 
-ChannelEvent = JobsDispatch | JobsCancel | WorkerReplaced | WorkerRevoked | OutboxWake | UpdatesWake | HealthzPing
+ChannelEvent = JobsDispatch | JobsCancel | JobsStopEarly | WorkerReplaced | WorkerRevoked | OutboxWake | UpdatesWake | HealthzPing
 
 
 def jobs_dispatch() -> JobsDispatch:
@@ -64,6 +71,10 @@ def jobs_dispatch() -> JobsDispatch:
 
 def jobs_cancel(job_id: str) -> JobsCancel:
     return {"type": "jobs.cancel", "job_id": job_id}
+
+
+def jobs_stop_early(job_id: str) -> JobsStopEarly:
+    return {"type": "jobs.stop_early", "job_id": job_id}
 
 
 def worker_replaced() -> WorkerReplaced:

@@ -59,7 +59,10 @@ class OutboxMessage(StateMachineModel):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
-    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True, help_text="The sender holding the claim.")
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="The claim lapses then unless its sender, still alive, renews it."
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
     sent_message_id = models.BigIntegerField(null=True, blank=True)
     files_sent = models.PositiveSmallIntegerField(default=0, help_text="Files already delivered (a retry skips them).")
@@ -90,11 +93,26 @@ class OutboxMessage(StateMachineModel):
             error=error[:2000],
             claimed_at=None,
             claimed_by="",
+            lease_expires_at=None,
+        )
+
+    def postpone(self, reason: str, delay: timedelta) -> None:
+        """Telegram asked to wait (a 429 with retry_after): back to pending for then, with no attempt
+        used up, however long the flood control lasts."""
+        self._move(
+            self.State.PENDING,
+            next_attempt_at=timezone.now() + delay,
+            error=reason[:2000],
+            claimed_at=None,
+            claimed_by="",
+            lease_expires_at=None,
+            attempts=max(0, self.attempts - 1),
         )
 
     def release(self) -> None:
         """Give a claimed row back untouched (the sender is stopping)."""
-        self._move(self.State.PENDING, claimed_at=None, claimed_by="", attempts=max(0, self.attempts - 1))
+        self._move(self.State.PENDING, claimed_at=None, claimed_by="", lease_expires_at=None,
+                   attempts=max(0, self.attempts - 1))
 
     def fail(self, error: str) -> None:
         self._move(self.State.FAILED, error=error[:2000])

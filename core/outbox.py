@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.db import transaction
@@ -45,6 +45,11 @@ def process_edit_key(process_uuid: uuid.UUID | str) -> str:
     return f"proc:{process_uuid}"
 
 
+def dashboard_edit_key(account_pk: Any, generation: str) -> str:
+    """Rows with this key edit one ``/dashboard`` message; a new ``/dashboard`` starts a new generation."""
+    return f"dash:{account_pk}:{generation}"
+
+
 @dataclass(frozen=True)
 class FileToSend:
     kind: str  # Attachment.Kind
@@ -64,9 +69,11 @@ def enqueue(
     buttons: Buttons | None = None,
     edit_key: str = "",
     files: Iterable[FileToSend] = (),
+    not_before: datetime | None = None,
 ) -> OutboxMessage:
     """Queue one message for ``account``'s chat and wake the sender once it is committed (once
-    per transaction, however many rows it queues)."""
+    per transaction, however many rows it queues). ``not_before`` holds it until then (the
+    chat's later rows wait behind it, keeping the chat's order)."""
     with transaction.atomic():
         message = OutboxMessage.objects.create(
             account_id=account.pk,
@@ -77,6 +84,7 @@ def enqueue(
             parse_mode=parse_mode,
             buttons=buttons or [],
             edit_key=edit_key,
+            next_attempt_at=not_before or timezone.now(),
         )
         Attachment.objects.bulk_create(
             Attachment(

@@ -31,10 +31,12 @@ class JobQuerySet(models.QuerySet["Job"]):
 class Job(StateMachineModel):
     class Action(models.TextChoices):
         DESCRIBE = "describe"
+        CHECK = "check"  # /train's target step: the data checks before the user confirms
         TRAIN = "train"
         PREDICT = "predict"
         LIST_MODELS = "list_models"
         DELETE_MODEL = "delete_model"
+        RENAME_MODEL = "rename_model"
         AUTOSTART = "autostart"
 
     class State(models.TextChoices):
@@ -51,6 +53,7 @@ class Job(StateMachineModel):
 
         NONE = "", "Unspecified"
         DESCRIBE = "describe"  # /train's path step: the columns become target buttons
+        CHECK = "check"  # /train's target step: the checks become the task question (or a refusal)
         TRAIN = "train"
         PREDICT = "predict"  # /predict: a model list becomes buttons to pick one
         MODELS = "models"  # /models: a model list with delete buttons
@@ -89,6 +92,10 @@ class Job(StateMachineModel):
     progress = models.PositiveSmallIntegerField(default=0)
     stage = models.CharField(max_length=64, blank=True)
     message = models.CharField(max_length=500, blank=True)
+    # A running AutoML search as the last progress frame told it ({"trial", "best_score", "metric",
+    # "best_model", "seconds_left"}), and whether the user asked it to stop and keep the best so far.
+    search = models.JSONField(null=True, blank=True)
+    stop_requested = models.BooleanField(default=False)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=32, blank=True)
@@ -135,7 +142,7 @@ class Job(StateMachineModel):
     def mark_running(self) -> None:
         self._move(self.State.RUNNING, started_at=self.started_at or timezone.now())
 
-    def record_progress(self, progress: int, stage: str, message: str) -> None:
+    def record_progress(self, progress: int, stage: str, message: str, search: dict[str, Any] | None = None) -> None:
         if self.state == self.State.DISPATCHED:
             self.mark_running()
         if self.state != self.State.RUNNING:
@@ -143,9 +150,18 @@ class Job(StateMachineModel):
         self.progress = max(0, min(100, progress))
         self.stage = stage[:64]
         self.message = message[:500]
-        Job.objects.filter(pk=self.pk).update(
-            progress=self.progress, stage=self.stage, message=self.message, updated_at=timezone.now()
-        )
+        fields: dict[str, Any] = {"progress": self.progress, "stage": self.stage, "message": self.message}
+        if search is not None:
+            self.search = search
+            fields["search"] = search
+        Job.objects.filter(pk=self.pk).update(**fields, updated_at=timezone.now())
+
+    def request_stop(self) -> None:
+        """The user asked an AutoML search to stop and keep the best model so far."""
+        if self.state not in (self.State.DISPATCHED, self.State.RUNNING):
+            raise InvalidTransition(f"job {self.id} is {self.state}; only a running search can stop early")
+        self.stop_requested = True
+        Job.objects.filter(pk=self.pk).update(stop_requested=True, updated_at=timezone.now())
 
     def succeed(self, result: dict[str, Any]) -> None:
         self._move(self.State.SUCCEEDED, result=result, progress=100, finished_at=timezone.now())
@@ -173,4 +189,6 @@ class Job(StateMachineModel):
             error="",
             error_code="",
             result=None,
+            search=None,
+            stop_requested=False,
         )

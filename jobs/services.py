@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account
-from core import events
+from core import events, rows
 from core.layer import ring, worker_group
 from core.models import OutboxMessage
 from core.outbox import enqueue
@@ -46,6 +47,15 @@ def _announce(job: Job) -> None:
     )
     if not waiting.update(payload=payload):
         enqueue(job.account, kind=OutboxMessage.Kind.JOB, payload=payload, edit_key=job.edit_key)
+
+
+def announce_unfinished(account: Account) -> int:
+    """Render the messages of the account's unfinished jobs again: its worker went away or came
+    back, which changes what they say ("waiting for NAME" instead of "running 40 %")."""
+    jobs = list(Job.objects.filter(account=account).unfinished().select_related("account"))
+    for job in jobs:
+        _announce(job)
+    return len(jobs)
 
 
 def submit_job(
@@ -88,13 +98,38 @@ def reconcile_after_reconnect(worker: WorkerRef, running_job_ids: list[str]) -> 
     worker answers a duplicate with its stored result.
     """
     running = set(running_job_ids)
-    open_jobs = Job.objects.filter(worker_id=worker.pk, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
+    if not running and not _has_open_or_queued(worker):
+        return []  # the usual reconnect after a deploy: one cheap query
+    mine = Q(worker_id=worker.pk, state__in=[Job.State.DISPATCHED, Job.State.RUNNING])
+    jobs = list(Job.objects.filter(mine | Q(account_id=worker.account_id, state=Job.State.QUEUED)))
+    open_jobs = [job for job in jobs if job.state != Job.State.QUEUED]
     frames = [job_frame(job) for job in open_jobs if str(job.id) not in running]
     # Cancelled while the worker was away: the ring reached nobody, so say it now.
     cancelled = Job.objects.filter(account_id=worker.account_id, state=Job.State.CANCELLED,
                                    pk__in=[job_id for job_id in running if _is_uuid(job_id)])
     frames += [{"type": "cancel", "job_id": str(job.pk)} for job in cancelled]
-    return frames + claim_for_dispatch(worker)
+    # Asked to stop early while the worker was away: say it again.
+    frames += [{"type": "stop_early", "job_id": str(job.pk)} for job in open_jobs
+               if job.stop_requested and str(job.id) in running]
+    if len(open_jobs) < len(jobs):
+        frames += claim_for_dispatch(worker)
+    return frames
+
+
+@cache
+def _open_or_queued_sql(vendor: str) -> str:
+    q = connection.ops.quote_name
+    return (
+        f"SELECT 1 FROM {q(Job._meta.db_table)} WHERE ({q('worker_id')} = %s AND {q('state')} IN (%s, %s)) "
+        f"OR ({q('account_id')} = %s AND {q('state')} = %s) LIMIT 1"
+    )
+
+
+def _has_open_or_queued(worker: WorkerRef) -> bool:
+    """Whether ``worker`` has jobs out or its account has jobs waiting (hand-written: asked on every
+    reconnect, and the ORM's compilation of the OR cost more than the query)."""
+    params = [worker.pk, Job.State.DISPATCHED.value, Job.State.RUNNING.value, worker.account_id, Job.State.QUEUED.value]
+    return rows.fetch_one(_open_or_queued_sql(connection.vendor), params) is not None
 
 
 def _is_uuid(value: str) -> bool:
@@ -113,17 +148,28 @@ def job_for_worker(worker: WorkerRef, job_id: str) -> Job | None:
         return None
 
 
-def record_progress(job: Job, progress: int, stage: str, message: str) -> None:
+def record_progress(job: Job, progress: int, stage: str, message: str, search: dict[str, Any] | None = None) -> None:
+    """The worker's ``progress`` frame (with an Auto search's ``search``): the job's new progress and its
+    outbox row, in one transaction."""
     if job.is_finished:
         return  # a late progress frame after cancel/loss changes nothing
-    job.record_progress(progress, stage, message)
-    _announce(job)
+    with transaction.atomic():
+        job.record_progress(progress, stage, message, search)
+        _announce(job)
 
 
 def record_result(job: Job, *, success: bool, data: Any, error: str, error_code: str, size: int) -> None:
-    """Complete the job from the worker's ``result`` frame."""
+    """Complete the job from the worker's ``result`` frame: its final state and the outbox row that
+    shows it are one transaction (a crash between them must not leave the chat showing "running")."""
     if job.state in (Job.State.SUCCEEDED, Job.State.FAILED, Job.State.CANCELLED):
         return  # a repeat of a result we have, or one the user no longer wants (cancelled): acknowledge it
+    with transaction.atomic():
+        _complete(job, success=success, data=data, error=error, error_code=error_code, size=size)
+        _announce(job)
+    logger.info("job %s finished: %s", job.id, job.state)
+
+
+def _complete(job: Job, *, success: bool, data: Any, error: str, error_code: str, size: int) -> None:
     if success and size > MAX_RESULT_BYTES:
         job.fail(
             f"The worker's result was {size / 1e6:.1f} MB, over the 1 MB limit. Results carry a sample and "
@@ -137,8 +183,6 @@ def record_result(job: Job, *, success: bool, data: Any, error: str, error_code:
             job.succeed(data)
     else:
         job.fail(error or "The job failed on the worker without a reason.", error_code or "internal")
-    _announce(job)
-    logger.info("job %s finished: %s", job.id, job.state)
 
 
 def cancel_job(job: Job) -> None:
@@ -149,6 +193,20 @@ def cancel_job(job: Job) -> None:
         _announce(job)
         if was_out:
             ring(worker_group(job.account_id), events.jobs_cancel(str(job.id)))
+
+
+def stop_early(job: Job) -> None:
+    """Ask a running AutoML search to stop now and finish with the best model so far.
+
+    The job stays running: the worker answers with a successful result (``search.stopped_early``).
+    Raises ``InvalidTransition`` for a job that is not out on a worker, and ``JobError`` for one
+    that is not a search."""
+    if job.action != Job.Action.TRAIN or job.params.get("model_type") != "auto":
+        raise JobError("Only an ⭐ Auto search can stop early; Cancel stops any other job.")
+    with transaction.atomic():
+        job.request_stop()
+        _announce(job)
+        ring(worker_group(job.account_id), events.jobs_stop_early(str(job.id)))
 
 
 def requeue_job(job: Job) -> None:

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
+from notifications.models import AddressCounter, FailureDigest, IdempotencyRecord, RateCounter, TrackedProcess
 
 
 @admin.register(TrackedProcess)
@@ -12,7 +12,8 @@ class TrackedProcessAdmin(admin.ModelAdmin):
     list_select_related = ("account", "parent")
     fields = ("uuid", "account", "name", "tags", "parent", "state", "started_at", "ended_at",
               "heartbeat_interval", "last_heartbeat_at", "stalled_at", "progress_done", "progress_total",
-              "metadata", "metrics", "error", "traceback", "exit_reason", "runtime_s", "peak_memory_mb")
+              "metadata", "metrics", "error", "traceback", "exit_reason", "runtime_s", "peak_memory_mb", "control",
+              "control_changed_at", "actions", "pending_actions")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -48,6 +49,22 @@ class AddressCounterAdmin(admin.ModelAdmin):
     list_filter = ("window",)
     search_fields = ("address",)
     readonly_fields = ("address", "window", "window_start", "count")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(FailureDigest)
+class FailureDigestAdmin(admin.ModelAdmin):
+    """Groups of runs that failed together (``notifications.digests``): read-only."""
+
+    list_display = ("account", "opened_at", "size")
+    list_select_related = ("account",)
+    readonly_fields = ("account", "opened_at", "members")
+
+    @admin.display(description="runs")
+    def size(self, digest: FailureDigest) -> int:
+        return len(digest.members)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

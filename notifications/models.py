@@ -16,6 +16,10 @@ from core.state_machine import InvalidTransition, StateMachineModel
 MAX_METRIC_NAMES = 100
 PROCESS_TAG_EMOJI = ["🟦", "🟩", "🟨", "🟧", "🟥", "🟪", "🟫", "⬛", "🔷", "🔶", "🟢", "🟣"]
 MAX_METRIC_POINTS = 500
+MAX_ACTIONS = 8  # action buttons a run may declare (bot.track(actions=...))
+MAX_ACTION_NAME = 32
+MAX_PENDING_ACTIONS = 20  # taps waiting for the next heartbeat
+STOPPED_FROM_TELEGRAM = "stopped from Telegram"  # the exit_reason the client reports after a stop
 
 
 class TrackedProcessQuerySet(models.QuerySet):
@@ -29,18 +33,35 @@ class TrackedProcess(StateMachineModel):
     class State(models.TextChoices):
         RUNNING = "running"
         STALLED = "stalled"  # heartbeats stopped: the dead-man's switch fired
+        # Stalled for longer than settings.PROCESS_LOST_AFTER, or dismissed by the user: no longer
+        # shown or watched, but a heartbeat or a finish still brings it back.
+        LOST = "lost"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
 
     TRANSITIONS = {
         State.RUNNING: {State.STALLED, State.SUCCEEDED, State.FAILED, State.CANCELLED},
-        State.STALLED: {State.RUNNING, State.SUCCEEDED, State.FAILED, State.CANCELLED},
+        State.STALLED: {State.RUNNING, State.LOST, State.SUCCEEDED, State.FAILED, State.CANCELLED},
+        State.LOST: {State.RUNNING, State.SUCCEEDED, State.FAILED, State.CANCELLED},
         State.SUCCEEDED: set(),
         State.FAILED: set(),
         State.CANCELLED: set(),
     }
     FINISHED = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+    class Control(models.TextChoices):
+        """What the chat asked the running client to do; it learns it from its next heartbeat reply."""
+
+        RUN = "run"
+        PAUSE = "pause"  # track_progress blocks at its next step until resumed (or stopped)
+        STOP = "stop"  # the client raises StopRequested at its next step; never taken back
+
+    CONTROL_TRANSITIONS = {
+        Control.RUN: {Control.PAUSE, Control.STOP},
+        Control.PAUSE: {Control.RUN, Control.STOP},
+        Control.STOP: set(),
+    }
 
     uuid = models.UUIDField(unique=True, default=uuid.uuid4)
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="processes")
@@ -63,6 +84,14 @@ class TrackedProcess(StateMachineModel):
     exit_reason = models.CharField(max_length=64, blank=True)
     runtime_s = models.FloatField(null=True, blank=True)
     peak_memory_mb = models.FloatField(null=True, blank=True)
+    control = models.CharField(max_length=8, choices=Control.choices, default=Control.RUN)
+    control_changed_at = models.DateTimeField(null=True, blank=True)
+    actions = models.JSONField(default=list, blank=True, help_text="Names of the run's action buttons.")
+    pending_actions = models.JSONField(
+        default=list, blank=True, help_text="Indexes into actions tapped since the last heartbeat reply."
+    )
+    diagnosis = models.JSONField(default=dict, blank=True,
+                                 help_text="The client's hint and the user's own frames of a crash.")
 
     objects = TrackedProcessQuerySet.as_manager()
 
@@ -87,6 +116,16 @@ class TrackedProcess(StateMachineModel):
         """Outbox rows with this key edit the one message showing this process's progress."""
         return process_edit_key(self.uuid)
 
+    @property
+    def control_edit_key(self) -> str:
+        """Outbox rows with this key edit the process's "started" message (it carries the ⏹ Stop button)."""
+        return f"proc-start:{self.uuid}"
+
+    @property
+    def pausable(self) -> bool:
+        """Pause/Resume are offered for runs with progress: ``track_progress`` pauses at its next step."""
+        return self.progress_total is not None or self.progress_done is not None
+
     def is_overdue(self, grace: timedelta, now: Any = None) -> bool:
         now = now or timezone.now()
         return now - self.last_heartbeat_at > timedelta(seconds=self.heartbeat_interval) + grace
@@ -95,10 +134,10 @@ class TrackedProcess(StateMachineModel):
         self, *, done: int | None = None, total: int | None = None, metrics: dict[str, float] | None = None,
         step: float | None = None,
     ) -> bool:
-        """Record a heartbeat; returns True when it brought a stalled process back."""
+        """Record a heartbeat; returns True when it brought a stalled (or lost) process back."""
         if self.is_finished:
             raise InvalidTransition(f"process {self.uuid} has already finished")
-        recovered = self.state == self.State.STALLED
+        recovered = self.state in (self.State.STALLED, self.State.LOST)
         fields: dict[str, Any] = {"last_heartbeat_at": timezone.now()}
         if done is not None:
             fields["progress_done"] = done
@@ -117,8 +156,55 @@ class TrackedProcess(StateMachineModel):
                 setattr(self, name, value)
         return recovered
 
+    # ------------------------------------------------------------------ control from the chat
+
+    def set_control(self, wanted: str) -> None:
+        """Pause, resume or stop from the chat; refused when finished or not allowed from here."""
+        if self.is_finished:
+            raise InvalidTransition(f"process {self.uuid} has already finished")
+        if wanted not in self.CONTROL_TRANSITIONS[self.Control(self.control)]:
+            raise InvalidTransition(f"process {self.uuid} cannot go from {self.control} to {wanted}")
+        now = timezone.now()
+        updated = TrackedProcess.objects.filter(pk=self.pk, control=self.control).update(
+            control=wanted, control_changed_at=now
+        )
+        if updated != 1:
+            raise InvalidTransition(f"process {self.uuid} changed control concurrently")
+        self.control, self.control_changed_at = wanted, now
+
+    def queue_action(self, index: int) -> str:
+        """Queue a tap on action button ``index`` for the next heartbeat reply; returns its name."""
+        if self.is_finished:
+            raise InvalidTransition(f"process {self.uuid} has already finished")
+        if self.control == self.Control.STOP:
+            raise InvalidTransition(f"process {self.uuid} is stopping")
+        if not 0 <= index < len(self.actions):
+            raise InvalidTransition(f"process {self.uuid} has no action {index}")
+        if len(self.pending_actions) >= MAX_PENDING_ACTIONS:
+            raise InvalidTransition(f"process {self.uuid} has {MAX_PENDING_ACTIONS} taps waiting already")
+        self.pending_actions = [*self.pending_actions, index]
+        TrackedProcess.objects.filter(pk=self.pk).update(pending_actions=self.pending_actions)
+        return str(self.actions[index])
+
+    def take_actions(self) -> list[str]:
+        """The tapped actions' names, oldest first, now handed to the client (the queue empties)."""
+        names = [str(self.actions[i]) for i in self.pending_actions
+                 if isinstance(i, int) and 0 <= i < len(self.actions)]
+        if self.pending_actions:
+            self.pending_actions = []
+            TrackedProcess.objects.filter(pk=self.pk).update(pending_actions=[])
+        return names
+
+    @property
+    def stopped_from_chat(self) -> bool:
+        return self.is_finished and self.exit_reason == STOPPED_FROM_TELEGRAM
+
     def mark_stalled(self) -> None:
         self._move(self.State.STALLED, stalled_at=timezone.now())
+
+    def mark_lost(self, reason: str) -> None:
+        """Stop showing and watching a stalled process (too long without a heartbeat, or dismissed)."""
+        self._move(self.State.LOST, exit_reason=reason[:64])
 
     def finish(
         self,
@@ -130,6 +216,7 @@ class TrackedProcess(StateMachineModel):
         runtime_s: float | None = None,
         peak_memory_mb: float | None = None,
         metrics: dict[str, float] | None = None,
+        diagnosis: dict[str, Any] | None = None,
     ) -> None:
         if status not in self.FINISHED:
             raise InvalidTransition(f"{status!r} is not a final state")
@@ -143,6 +230,7 @@ class TrackedProcess(StateMachineModel):
             runtime_s=runtime_s if runtime_s is not None else (now - self.started_at).total_seconds(),
             peak_memory_mb=peak_memory_mb,
             metrics=_capped_merge(self.metrics, metrics or {}),
+            diagnosis=diagnosis or {},
         )
 
 
@@ -209,3 +297,21 @@ class AddressCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} {self.window} from {self.window_start}: {self.count}"
+
+
+class FailureDigest(models.Model):
+    """Runs of one account that failed, were killed, stalled or were lost close together
+    (``notifications.digests``): from ``settings.FAILURE_DIGEST_THRESHOLD`` of them on, one message
+    lists them instead of one alert each. Open for ``settings.FAILURE_DIGEST_WINDOW`` seconds from
+    ``opened_at``; a failure after that opens a new group."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="failure_digests")
+    opened_at = models.DateTimeField(default=timezone.now)
+    # [{"uuid", "what" (crashed | killed | stalled | lost), "at" (ISO time), "row" (its own alert's outbox id)}]
+    members = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "opened_at"])]
+
+    def __str__(self) -> str:
+        return f"{len(self.members)} failures from {self.opened_at:%Y-%m-%d %H:%M:%S}"

@@ -59,7 +59,11 @@ NOTIFY_RATE_LIMITED = {
 KEYED_ERRORS = {
     "400": _error("Invalid input; the message names the field. Also `invalid_json`: not JSON, a number of "
                   "more than 64 digits or not finite, or nesting deeper than 64 levels."),
-    "401": _error("Missing, invalid or revoked key (`missing_key`, `invalid_key`, `revoked_key`)."),
+    "401": _error("Missing, invalid, revoked or expired key (`missing_key`, `invalid_key`, `revoked_key`, "
+                  "`key_expired`: a rotated key after its grace period; the message names its successor's "
+                  "prefix — put the new key in `EXPERIMENT_BOT_KEY` or pair again)."),
+    "403": _error("`ip_not_allowed`: the key has an IP allowlist (CIDR networks, set in /status or the admin) "
+                  "and the request came from another address; the message names the address the server saw."),
     "405": _error("Wrong method; see the `Allow` header."),
     "413": _error("Body over 256 KiB (JSON) or file over 10 MiB, or a multipart body with too many parts "
                   "(`too_many_parts`)."),
@@ -120,6 +124,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "valid": {"const": True},
             "key_prefix": {"type": "string"},
+            "expires_at": {"type": ["string", "null"], "format": "date-time",
+                           "description": "Set once the key was rotated: it stops working then (grace period)."},
+            "replaced_by_prefix": {"type": ["string", "null"],
+                                   "description": "The prefix of the key that replaced this one."},
+            "allowed_networks": {"type": "array", "items": {"type": "string"},
+                                 "description": "CIDR networks this key is accepted from; empty: any address."},
             "account": {
                 "type": "object",
                 "properties": {
@@ -150,6 +160,9 @@ SCHEMAS: dict[str, Any] = {
             "process_id": {**NULLABLE_UUID, "description": "Links the message to a tracked process."},
             "metadata": {"type": ["object", "null"],
                          "description": "host, script, python, env, git {commit, dirty}, …"},
+            "group": {"type": ["string", "null"], "maxLength": 64, "pattern": "^[A-Za-z0-9_.:-]*$",
+                      "description": "Messages of the same group edit one chat message (the client's "
+                                     "`bot.catch()` counts a repeating error this way)."},
         },
     },
     "NotifyMultipart": {
@@ -229,6 +242,25 @@ SCHEMAS: dict[str, Any] = {
                                    "description": "Seconds; 0 turns stall detection off."},
             "metadata": {"type": ["object", "null"]},
             "total": {"type": ["integer", "null"], "minimum": 0},
+            "actions": {"type": ["array", "null"], "maxItems": 8, "uniqueItems": True,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 32},
+                        "description": "Names of action buttons shown on the run's messages; a tap is handed "
+                                       "back in a heartbeat answer's `actions`."},
+        },
+    },
+    "HeartbeatAnswer": {
+        "type": "object",
+        "required": ["state", "control", "actions"],
+        "properties": {
+            "state": {"enum": ["running", "stalled", "lost"]},
+            "control": {"enum": ["run", "pause", "stop"],
+                        "description": "What the chat asks: `stop` (⏹ Stop; the client ends the run at its next "
+                                       "step, reporting `cancelled` with exit_reason `stopped from Telegram`), "
+                                       "`pause` (⏸ Pause; wait at the next step, keep sending heartbeats) or "
+                                       "`run`. It stays until the user changes it."},
+            "actions": {"type": "array", "items": {"type": "string"},
+                        "description": "Action buttons tapped since the previous answer, oldest first; each is "
+                                       "handed over once (a retry with the same Idempotency-Key replays it)."},
         },
     },
     "ProcessState": {
@@ -269,6 +301,22 @@ SCHEMAS: dict[str, Any] = {
             "peak_memory_mb": {"type": ["number", "null"], "minimum": 0},
             "metrics": METRICS,
             "exit_reason": {"type": ["string", "null"]},
+            "diagnosis": {
+                "type": ["object", "null"],
+                "description": "What the client made of the crash: a one-line `hint` (at most 500 characters) "
+                               "and the user's own `frames` (not the standard library or site-packages; at "
+                               "most 10, the failing line last).",
+                "properties": {
+                    "hint": {"type": ["string", "null"], "maxLength": 500},
+                    "frames": {"type": ["array", "null"], "maxItems": 10, "items": {
+                        "type": "object", "required": ["file"],
+                        "properties": {"file": {"type": "string", "maxLength": 300},
+                                       "line": {"type": ["integer", "null"], "minimum": 0},
+                                       "function": {"type": ["string", "null"], "maxLength": 200},
+                                       "code": {"type": ["string", "null"], "maxLength": 500}},
+                    }},
+                },
+            },
         },
     },
 }
@@ -313,7 +361,7 @@ PATHS: dict[str, Any] = {
             "operationId": "validate",
             "summary": "Check a key and see whose chat it reaches.",
             "responses": {"200": _ok("The key is active.", "ValidateResponse"),
-                          **{k: v for k, v in KEYED_ERRORS.items() if k in ("401", "429")}},
+                          **{k: v for k, v in KEYED_ERRORS.items() if k in ("401", "403", "429")}},
         }
     },
     "/api/notify": {
@@ -371,6 +419,7 @@ PATHS: dict[str, Any] = {
             "requestBody": _json_body("StartRequest", {
                 "uuid": EXAMPLE_UUID, "name": "train.py", "tags": ["lr=0.1"], "parent_uuid": PARENT_UUID,
                 "heartbeat_interval": 60, "metadata": {"host": "gpu-box"}, "total": 1000,
+                "actions": ["lr ×0.5"],
             }),
             "responses": {
                 "201": _ok("Started.", "ProcessState"),
@@ -386,14 +435,16 @@ PATHS: dict[str, Any] = {
             "summary": "Keep a process alive; report progress and metrics.",
             "description": "Progress edits one message in place (only when the shown percentage changes); "
                            "`metrics` with a `step` are kept as a series for the final chart. A stalled "
-                           "process that sends a heartbeat is reported as recovered.",
+                           "process that sends a heartbeat is reported as recovered. The answer carries "
+                           "what the user asked from the chat (⏹ Stop, ⏸ Pause, action buttons): the "
+                           "server never connects to the client.",
             "parameters": [IDEMPOTENCY_KEY],
             "requestBody": _json_body("HeartbeatRequest", {
                 "uuid": EXAMPLE_UUID, "progress": {"done": 30, "total": 100}, "metrics": {"loss": 0.3},
                 "step": 30,
             }),
             "responses": {
-                "200": _ok("Recorded.", "ProcessState"),
+                "200": _ok("Recorded; the chat's commands for the client.", "HeartbeatAnswer"),
                 "404": _error("Unknown process (`unknown_process`)."),
                 "409": _error("The process has already finished."),
                 **KEYED_ERRORS,

@@ -10,10 +10,17 @@ Outbox rows written here:
 * kind ``OutboxMessage.Kind.PROCESS``: ``{"uuid", "event"}`` with ``event`` one of ``started``, ``progress``,
   ``finished``, ``stalled`` (+ ``silent_s``, ``interval_s``) and ``recovered`` (+ ``silent_s``).
   ``progress`` rows carry ``edit_key=process.progress_edit_key``: they edit one message.
+  ``started`` rows carry ``edit_key=process.control_edit_key``: a later ``started`` row (after a tap on
+  ⏹ Stop / ⏸ Pause / an action, and at the finish unless the start message is still unsent) edits the
+  start message's state and buttons.
+  Failure alerts (``finished`` as failed or killed, ``stalled``, ``lost``) go through
+  ``notifications.digests.queue_alert``: held a few seconds, and folded into one ``digest`` row
+  when several runs fail together.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid as uuid_lib
@@ -28,6 +35,7 @@ from accounts.models import Account, ApiKey
 from core.models import Attachment, OutboxMessage
 from core.outbox import FileToSend, enqueue
 from core.state_machine import InvalidTransition
+from notifications.digests import prune_digests, queue_alert
 from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
 from tg_rules.images import image_type
 
@@ -96,8 +104,13 @@ def notify(
     process_uuid: uuid_lib.UUID | str | None = None,
     metadata: dict[str, Any] | None = None,
     file: FileToSend | None = None,
+    *,
+    group: str = "",
 ) -> OutboxMessage:
     """Queue one notification for the key's chat.
+
+    ``group`` (``bot.catch()``'s repeated errors): every notification of the account with the
+    same group edits one chat message instead of sending a new one.
 
     ``process_uuid`` links it to a tracked process of the same account (its name and colour tag
     are shown); an unknown one is kept in the payload but shows nothing.
@@ -113,18 +126,36 @@ def notify(
         "metadata": metadata or {},
         "process_uuid": str(process_uuid) if process_uuid else None,
     }
-    message = enqueue(api_key.account, kind=OutboxMessage.Kind.NOTIFY, payload=payload, files=[file] if file else [])
+    edit_key = group_edit_key(api_key.account_id, group) if group else ""
+    message = enqueue(api_key.account, kind=OutboxMessage.Kind.NOTIFY, payload=payload, files=[file] if file else [],
+                      edit_key=edit_key)
     logger.info("notify: queued message %s (%s) for account %s", message.pk, level, api_key.account_id)
     return message
+
+
+def group_edit_key(account_id: int, group: str) -> str:
+    """The edit key of a notify ``group``: per account, so no client can aim at another's message."""
+    digest = hashlib.sha256(f"{account_id}:{group}".encode()).hexdigest()[:40]
+    return f"grp:{digest}"
 
 
 # ---------------------------------------------------------------------------------- processes
 
 
+def _pending(account: Account, edit_key: str) -> bool:
+    """Whether a row with ``edit_key`` waits to be sent, locked until this transaction ends: the
+    sender (``SKIP LOCKED``) then cannot claim and render it before what this transaction changes."""
+    return OutboxMessage.objects.select_for_update().filter(
+        chat_id=account.chat_id, edit_key=edit_key, state=OutboxMessage.State.PENDING
+    ).exists()
+
+
 def _process_row(process: TrackedProcess, event: str, *, edit: bool = False, **extra: Any) -> OutboxMessage:
     payload = {"uuid": str(process.uuid), "event": event, **extra}
-    return enqueue(process.account, kind=OutboxMessage.Kind.PROCESS, payload=payload,
-                   edit_key=process.progress_edit_key if edit else "")
+    edit_key = process.progress_edit_key if edit else ""
+    if event == "started":
+        edit_key = process.control_edit_key
+    return enqueue(process.account, kind=OutboxMessage.Kind.PROCESS, payload=payload, edit_key=edit_key)
 
 
 def _locked_process(account: Account, process_uuid: uuid_lib.UUID | str) -> TrackedProcess:
@@ -177,6 +208,7 @@ def start_process(
     heartbeat_interval: int = 60,
     metadata: dict[str, Any] | None = None,
     total: int | None = None,
+    actions: list[str] | None = None,
 ) -> tuple[TrackedProcess, bool]:
     """Start tracking a process; returns it and whether it is new (a repeated start changes nothing).
 
@@ -197,6 +229,7 @@ def start_process(
                 process = TrackedProcess.objects.create(
                     uuid=uuid, account=account, name=name, tags=list(tags or []), parent=parent,
                     heartbeat_interval=heartbeat_interval, metadata=metadata or {}, progress_total=total,
+                    actions=list(actions or []),
                 )
         except IntegrityError:  # the same uuid started concurrently
             return _owned(TrackedProcess.objects.select_related("account").get(uuid=uuid), account), False
@@ -248,6 +281,94 @@ def heartbeat(
     return process
 
 
+def heartbeat_answer(
+    api_key: ApiKey,
+    *,
+    uuid: uuid_lib.UUID | str,
+    done: int | None = None,
+    total: int | None = None,
+    metrics: dict[str, float] | None = None,
+    step: float | None = None,
+) -> dict[str, Any]:
+    """A heartbeat, answered with what the chat asks of the client: ``{"state", "control",
+    "actions"}``. ``control`` is ``run``, ``pause`` or ``stop`` (it stays until changed); the
+    tapped ``actions`` are handed over once (a retried request replays the same answer)."""
+    with transaction.atomic():
+        process = heartbeat(api_key, uuid=uuid, done=done, total=total, metrics=metrics, step=step)
+        actions = process.take_actions()  # still locked: the heartbeat's transaction is this one
+    if actions:
+        logger.info("process %s: %s action tap(s) handed to the client", process.uuid, len(actions))
+    return {"state": process.state, "control": process.control, "actions": actions}
+
+
+class ControlRefused(ServiceError):
+    code = "refused"
+
+
+class ProcessEnded(ControlRefused):
+    """A tap on a button of a run that has finished: its buttons are stale."""
+
+
+CONTROL_COMMANDS = ("stop", "pause", "resume", "action")
+
+
+def control_process(
+    account: Account, process_uuid: uuid_lib.UUID | str, command: str, index: int | None = None
+) -> tuple[TrackedProcess, str]:
+    """A tap on a process message's ⏹ Stop, ⏸ Pause, ▶ Resume or action button.
+
+    Only the account that started the run may act. Returns the process and what to tell the
+    user; raises ``UnknownProcess`` / ``ControlRefused`` (its message is for the user) for a
+    stale or repeated tap. The client learns the change from the reply to its next heartbeat;
+    the messages showing the buttons are edited through the outbox in the same transaction.
+    """
+    if command not in CONTROL_COMMANDS:
+        raise ServiceError(f"unknown command {command!r}")
+    try:
+        wanted = _as_uuid(process_uuid)
+    except ServiceError:
+        raise UnknownProcess("That run is no longer known.") from None
+    Control = TrackedProcess.Control
+    with transaction.atomic():
+        process = (TrackedProcess.objects.select_for_update(of=("self",)).select_related("account")
+                   .filter(uuid=wanted).first())
+        if process is None:
+            raise UnknownProcess("That run is no longer known.")
+        if process.account_id != account.pk:
+            raise ControlRefused("Only the chat that started this run can control it.")
+        if process.is_finished:
+            raise ProcessEnded(f"It has already ended ({process.state}); nothing to do.")
+        if process.control == Control.STOP:
+            raise ControlRefused("Stop was already requested; the run stops at its next step.")
+        if command == "action":
+            try:
+                name = process.queue_action(index if index is not None else -1)
+            except InvalidTransition:
+                if index is not None and 0 <= index < len(process.actions):
+                    raise ControlRefused("Too many taps are waiting for the run; try again in a moment.") from None
+                raise ControlRefused("That action is not offered by this run.") from None
+            answer = f"“{name}” runs at the run's next step."
+        else:
+            target, answer, refusal = {
+                "stop": (Control.STOP, "⏹ Stop requested: the run stops at its next step.", ""),
+                "pause": (Control.PAUSE, "⏸ Pause requested: the run waits at its next step.", "It is already paused."),
+                "resume": (Control.RUN, "▶ Resumed.", "It is not paused."),
+            }[command]
+            if command == "pause" and not process.pausable:
+                raise ControlRefused("This run has no progress steps to pause at.")
+            try:
+                process.set_control(target)
+            except InvalidTransition:
+                raise ControlRefused(refusal or "Not possible now.") from None
+            # The messages showing the buttons follow the new state.
+            if wants_message(process, "started"):
+                _process_row(process, "started")
+            if process.progress_done is not None:
+                _process_row(process, "progress", edit=True)
+    logger.info("process %s: %s from the chat of account %s", process.uuid, command, account.pk)
+    return process, answer
+
+
 def finish_process(
     api_key: ApiKey,
     *,
@@ -259,8 +380,10 @@ def finish_process(
     peak_memory_mb: float | None = None,
     metrics: dict[str, float] | None = None,
     exit_reason: str = "",
+    diagnosis: dict[str, Any] | None = None,
 ) -> tuple[TrackedProcess, bool]:
-    """Finish a process; returns it and whether this call finished it.
+    """Finish a process; returns it and whether this call finished it. ``diagnosis`` is the
+    client's ``{"hint", "frames"}`` of a crash (checked by the API's validation).
 
     A repeat with the status it already has changes nothing; a different final status is a
     conflict. When the process showed progress, its progress message is edited once more to the
@@ -275,11 +398,15 @@ def finish_process(
                 return process, False
             raise ProcessConflict(f"process {process.uuid} has already finished as {process.state}")
         process.finish(status, error=error, traceback=traceback, exit_reason=exit_reason,
-                       runtime_s=runtime_s, peak_memory_mb=peak_memory_mb, metrics=metrics)
+                       runtime_s=runtime_s, peak_memory_mb=peak_memory_mb, metrics=metrics, diagnosis=diagnosis)
         if process.progress_done is not None:
             _process_row(process, "progress", edit=True)
+        if wants_message(process, "started") and not _pending(process.account, process.control_edit_key):
+            # The start message carries ⏹ Stop while the run lives: edit it to its final state,
+            # without buttons. A start message not yet sent renders that state itself.
+            _process_row(process, "started")
         if wants_message(process, status):
-            _process_row(process, "finished")
+            queue_alert(process, "finished")  # failures of several runs together: one digest
     logger.info("process %s finished: %s", process.uuid, status)
     return process, True
 
@@ -325,10 +452,64 @@ def mark_stalled_processes(grace: timedelta | float | None = None) -> int:
             except InvalidTransition:
                 continue
             silent_s = int((now - process.last_heartbeat_at).total_seconds())
-            _process_row(process, "stalled", silent_s=silent_s, interval_s=process.heartbeat_interval)
+            queue_alert(process, "stalled", silent_s=silent_s, interval_s=process.heartbeat_interval)
             marked += 1
         logger.info("process %s stalled: no heartbeat for %ss", process.uuid, silent_s)
     return marked
+
+
+def mark_lost_processes(after: timedelta | float | None = None) -> int:
+    """Mark processes stalled for longer than ``after`` (default ``settings.PROCESS_LOST_AFTER``
+    seconds) as lost: they leave ``/status`` and one ``lost`` row tells the user. A heartbeat
+    still brings such a process back. Returns how many were marked."""
+    if after is None:
+        after = settings.PROCESS_LOST_AFTER
+    after = after if isinstance(after, timedelta) else timedelta(seconds=after)
+    cutoff = timezone.now() - after
+    candidates = list(
+        TrackedProcess.objects.filter(state=TrackedProcess.State.STALLED, stalled_at__lt=cutoff)
+        .order_by("stalled_at").values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    marked = 0
+    for pk in candidates:
+        with transaction.atomic():
+            process = (
+                TrackedProcess.objects.select_for_update(of=("self",), skip_locked=True)
+                .select_related("account")
+                .filter(pk=pk, state=TrackedProcess.State.STALLED, stalled_at__lt=cutoff)
+                .first()
+            )
+            if process is None:
+                continue
+            silent_s = int((timezone.now() - process.last_heartbeat_at).total_seconds())
+            process.mark_lost("no heartbeat")
+            queue_alert(process, "lost", silent_s=silent_s)
+            marked += 1
+        logger.info("process %s lost: no heartbeat for %ss", process.uuid, silent_s)
+    return marked
+
+
+def dismiss_process(account: Account, process_uuid: uuid_lib.UUID | str) -> TrackedProcess | None:
+    """The user dismissed a stalled process from its message: mark it lost at once.
+
+    Returns the process (in whatever state it is now: one that came back stays running), or
+    None when the account has no such process. Queues nothing: the bot edits the message.
+    """
+    try:
+        wanted = _as_uuid(process_uuid)
+    except ServiceError:
+        return None
+    with transaction.atomic():
+        process = (
+            TrackedProcess.objects.select_for_update(of=("self",))
+            .filter(account=account, uuid=wanted).first()
+        )
+        if process is None:
+            return None
+        if process.state == TrackedProcess.State.STALLED:
+            process.mark_lost("dismissed")
+            logger.info("process %s dismissed by account %s", process.uuid, account.pk)
+    return process
 
 
 def process_tree(account: Account) -> list[dict[str, Any]]:
@@ -376,9 +557,10 @@ RATE_COUNTER_TTL = timedelta(hours=2)
 
 
 def prune_bookkeeping() -> int:
-    """Delete idempotency answers older than a day and rate counters older than two hours."""
+    """Delete idempotency answers older than a day, rate counters older than two hours and
+    failure digest groups older than a week."""
     now = timezone.now()
     answers, _ = IdempotencyRecord.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()
     counters, _ = RateCounter.objects.filter(window_start__lt=now - RATE_COUNTER_TTL).delete()
     addresses, _ = AddressCounter.objects.filter(window_start__lt=now - RATE_COUNTER_TTL).delete()
-    return answers + counters + addresses
+    return answers + counters + addresses + prune_digests()

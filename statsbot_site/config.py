@@ -42,7 +42,14 @@ class Config:
     disconnect_grace: float
     lost_job_grace: float
     heartbeat_grace: float
+    worker_stale_after: float
+    process_lost_after: float
     trusted_proxy_count: int
+    outbox_lease: float
+    ready_outbox_max_age: float
+    ready_sender_idle: float
+    metrics_token: str
+    failure_digest: tuple[float, float, int] = (60.0, 5.0, 3)  # window s, hold s, threshold (_failure_digest)
 
 
 def _fail(name: str, problem: str) -> ImproperlyConfigured:
@@ -143,10 +150,49 @@ def _channel_layer(env: environ.Env) -> dict[str, Any]:
     raw = env.str("REDIS_URL", default="")
     if not raw:
         return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
-    url = _url("REDIS_URL", raw, {"redis", "rediss"})
+    return redis_channel_layer(_url("REDIS_URL", raw, {"redis", "rediss"}))
+
+
+# channels_redis waits for messages with a blocking BZPOPMIN of 5 s; redis-py 8 reads every reply
+# within a 5 s socket timeout by default, so an idle consumer's wait raced the socket timeout and
+# lost whenever the loop was a little late (TimeoutError in receive → the WebSocket closed;
+# channels_redis issue 422). The read timeout must stay well above the blocking wait; keepalive
+# and the pool's health check still notice a Redis that went away. redis-py 8 also caps a pool at
+# 100 connections and fails the 101st at once ("Too many connections"): a burst of a few hundred
+# workers' frames in one web process needs more.
+# Not much higher: a consumer cancelled while it waits (a test's event loop closing, a shutdown)
+# stays until its read times out; at 30 s every test that leaves a socket open hung its teardown.
+REDIS_SOCKET_TIMEOUT = 10.0  # seconds; channels_redis's blocking wait is 5
+REDIS_MAX_CONNECTIONS = 1000  # per web process and event loop; Redis allows 10,000 clients by default
+
+
+def _driver_info() -> dict[str, Any]:
+    """redis-py 7+ reads its own version from the installed package's metadata for every new
+    connection it opens (~3.5 ms of CPU); given here, it is read once. A burst of reconnecting
+    workers makes the pool open hundreds (benchmarks/README.md, "Worker WebSockets")."""
+    from importlib import metadata
+
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7 read it once, at import
+        return {}
+    return {"driver_info": DriverInfo(lib_version=metadata.version("redis"))}
+
+
+def redis_channel_layer(url: str) -> dict[str, Any]:
+    """The channels_redis layer for ``url`` with client options that keep idle receivers up."""
+    host = {
+        "address": url,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": 5.0,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "max_connections": REDIS_MAX_CONNECTIONS,
+        **_driver_info(),
+    }
     return {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [url], "capacity": 1000, "expiry": 60},
+        "CONFIG": {"hosts": [host], "capacity": 1000, "expiry": 60},
     }
 
 
@@ -212,7 +258,18 @@ def read_config(env: environ.Env, base_dir: Path) -> Config:
         ),
         lost_job_grace=_positive("JOB_LOST_GRACE", _read(env, "JOB_LOST_GRACE", "float", 600.0)),
         heartbeat_grace=_positive("HEARTBEAT_GRACE", _read(env, "HEARTBEAT_GRACE", "float", 60.0)),
+        worker_stale_after=_positive("WORKER_STALE_AFTER", _read(env, "WORKER_STALE_AFTER", "float", 90.0)),
+        process_lost_after=_positive(
+            "PROCESS_LOST_AFTER", _read(env, "PROCESS_LOST_AFTER", "float", 24 * 3600.0)
+        ),
         trusted_proxy_count=_proxy_count(env),
+        outbox_lease=_lease(env),
+        ready_outbox_max_age=_positive(
+            "READY_OUTBOX_MAX_AGE", _read(env, "READY_OUTBOX_MAX_AGE", "float", 600.0)
+        ),
+        ready_sender_idle=_positive("READY_SENDER_IDLE", _read(env, "READY_SENDER_IDLE", "float", 120.0)),
+        metrics_token=_metrics_token(env),
+        failure_digest=_failure_digest(env),
     )
 
 
@@ -223,3 +280,42 @@ def _proxy_count(env: environ.Env) -> int:
     if not 0 <= count <= 10:
         raise _fail("TRUSTED_PROXY_COUNT", f"must be a number of proxies between 0 and 10, not {count}")
     return count
+
+
+def _lease(env: environ.Env) -> float:
+    """Seconds an outbox sender's claim lives without renewal: how soon a crashed sender's chats resume."""
+    lease = _read(env, "OUTBOX_LEASE_SECONDS", "float", 6.0)
+    if not 1.0 <= lease <= 600.0:
+        raise _fail("OUTBOX_LEASE_SECONDS", f"must be between 1 and 600 seconds, not {lease}")
+    return lease
+
+
+def _metrics_token(env: environ.Env) -> str:
+    """The bearer token ``/metrics`` requires; empty: only loopback requests no proxy forwarded."""
+    token = env.str("METRICS_TOKEN", default="")
+    if token and (len(token) < 16 or not re.fullmatch(r"[\x21-\x7e]+", token)):
+        raise _fail("METRICS_TOKEN", "use at least 16 printable characters without spaces")
+    return token
+
+
+MAX_FAILURE_DIGEST_HOLD = 30.0
+
+
+def _failure_digest(env: environ.Env) -> tuple[float, float, int]:
+    """(window, hold, threshold) of failure digests (``notifications.digests``): failures of one
+    account within ``window`` seconds of the first form a group; the first alert waits ``hold``
+    seconds for company; from ``threshold`` failures on, one digest message lists them.
+    ``FAILURE_DIGEST_WINDOW=0`` turns digests off."""
+    window = _read(env, "FAILURE_DIGEST_WINDOW", "float", 60.0)
+    if not 0 <= window <= 3600:
+        raise _fail("FAILURE_DIGEST_WINDOW", f"must be between 0 (off) and 3600 seconds, not {window}")
+    hold = _read(env, "FAILURE_DIGEST_HOLD", "float", 5.0)
+    # A held alert keeps the chat's order: the chat's later messages (job results, ⏹ Stop
+    # confirmations, dashboard edits) wait behind it, so the hold stays short.
+    if not 0 <= hold <= min(window, MAX_FAILURE_DIGEST_HOLD):
+        raise _fail("FAILURE_DIGEST_HOLD", f"must be between 0 and {min(window, MAX_FAILURE_DIGEST_HOLD):g} seconds "
+                    f"(the smaller of FAILURE_DIGEST_WINDOW and {MAX_FAILURE_DIGEST_HOLD:g}), not {hold}")
+    threshold = _read(env, "FAILURE_DIGEST_THRESHOLD", "int", 3)
+    if not 2 <= threshold <= 1000:
+        raise _fail("FAILURE_DIGEST_THRESHOLD", f"must be a number of runs between 2 and 1000, not {threshold}")
+    return window, hold, threshold

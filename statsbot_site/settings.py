@@ -44,11 +44,31 @@ TELEGRAM_BOT_USERNAME = CONFIG.telegram_bot_username
 WORKER_DISCONNECT_GRACE = CONFIG.disconnect_grace
 JOB_LOST_GRACE = CONFIG.lost_job_grace
 HEARTBEAT_GRACE = CONFIG.heartbeat_grace
+PROCESS_LOST_AFTER = CONFIG.process_lost_after  # seconds a stalled process waits before it is marked lost
+# Seconds: a live /dashboard is edited at most this often (and only when its text changed), and
+# stops being edited once nothing has run for DASHBOARD_IDLE_AFTER (telegram_app.dashboards).
+DASHBOARD_REFRESH = 10.0
+DASHBOARD_IDLE_AFTER = 3600.0
+# Seconds an outbox sender's claim on a chat lives unless renewed (a live sender renews it every
+# third of that): a sender that crashed holds its chats at most this long (core.claims).
+OUTBOX_LEASE = CONFIG.outbox_lease
+WORKER_STALE_AFTER = CONFIG.worker_stale_after
+# Failure digests (notifications.digests): failed, killed, stalled or lost runs of one account within
+# FAILURE_DIGEST_WINDOW seconds of the first form a group; the first alert is held FAILURE_DIGEST_HOLD
+# seconds for company; from FAILURE_DIGEST_THRESHOLD runs on, one message lists them. Window 0: off.
+FAILURE_DIGEST_WINDOW, FAILURE_DIGEST_HOLD, FAILURE_DIGEST_THRESHOLD = CONFIG.failure_digest
 
 # How many reverse proxies (a PaaS router, nginx, a load balancer) stand in front of the web
 # processes. The client's address for per-address limits is the entry that many places from the
 # right of X-Forwarded-For (entries further left are whatever the client sent): core.client_address.
 TRUSTED_PROXY_COUNT = CONFIG.trusted_proxy_count
+
+# Seconds: /readyz fails when a deliverable outbox message has waited longer than this, or when
+# deliverable messages have waited READY_SENDER_IDLE and no sender claimed anything for as long.
+READY_OUTBOX_MAX_AGE = CONFIG.ready_outbox_max_age
+READY_SENDER_IDLE = CONFIG.ready_sender_idle
+# /metrics (Prometheus): a bearer token when set; when empty, only loopback requests no proxy forwarded.
+METRICS_TOKEN = CONFIG.metrics_token
 
 INSTALLED_APPS = [
     "daphne",
@@ -65,6 +85,7 @@ INSTALLED_APPS = [
     "jobs",
     "notifications",
     "telegram_app",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -75,6 +96,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Counts notify API responses by status, per process (for /metrics).
+    "ops.middleware.ApiStatusMiddleware",
 ]
 
 ROOT_URLCONF = "statsbot_site.urls"
@@ -127,7 +150,7 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 LOGGING = {
     "version": 1,

@@ -13,6 +13,7 @@ COMMANDS = [
     BotCommand("jobs", "Recent jobs; cancel a running one"),
     BotCommand("worker", "Worker status, autostart, disconnect"),
     BotCommand("status", "Key, worker and running processes"),
+    BotCommand("dashboard", "A live list of your running processes"),
     BotCommand("revoke", "Revoke your notification key"),
     BotCommand("help", "What I can do"),
     BotCommand("cancel", "Stop the current step"),

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import html
 import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from telegram import Bot, InlineKeyboardMarkup, InputFile
 from telegram.constants import ParseMode
@@ -36,6 +38,7 @@ from core.layer import OUTBOX_GROUP
 from core.models import OutboxMessage
 from telegram_app.markup import keyboard
 from telegram_app.rendering import FilePart, Rendered, draw_files, render
+from telegram_app.rendering.captions import one_message
 from tg_rules.buckets import TokenBucket
 from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT
 
@@ -46,6 +49,13 @@ MERGE_SEPARATOR = "\n\n"
 # never holds the others up for long; the rest of its claimed rows go back to the queue.
 MESSAGES_PER_CHAT = 3
 PLAIN_CHUNKS_MAX = 3
+# Chats one sender delivers at once, and how many it claims per query. Telegram allows about 30
+# messages/s overall and 1/s per chat, so reaching the overall rate needs more than 30 chats busy.
+CHATS_IN_FLIGHT = 100
+CLAIM_CHATS = 20
+# Messages a chat's task sends per claim when pipelined (``run``): a busy chat holds no other up
+# there (each chat is its own task), so its turn can be long; ``run_once`` keeps the short one.
+PIPELINED_TURN = 20
 # Charts are drawn here, not on the thread every database call shares (database_sync_to_async):
 # drawing one takes a few hundred milliseconds, which would hold up every handler's queries.
 CHART_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
@@ -73,6 +83,7 @@ class Item:
 def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
     """Coalesce and render claimed rows; returns the items to send, per chat, in order."""
     newest_by_key = {(row.chat_id, row.edit_key): row.pk for row in rows if row.edit_key}
+    targets = claims.previous_message_ids(rows)
     items: dict[int, list[Item]] = defaultdict(list)
     for row in rows:
         newest = newest_by_key.get((row.chat_id, row.edit_key), row.pk)
@@ -91,12 +102,19 @@ def prepare(rows: list[OutboxMessage]) -> dict[int, list[Item]]:
             last.rendered.text += MERGE_SEPARATOR + rendered.text
             last.merged_ids.append(row.pk)
             continue
-        chat_items.append(Item(message=row, rendered=rendered, edit_target=claims.previous_message_id(row)))
+        chat_items.append(Item(message=row, rendered=rendered, edit_target=targets.get((row.chat_id, row.edit_key))))
     return items
 
 
 def _fits(first: str, second: str) -> bool:
     return len(first) + len(MERGE_SEPARATOR) + len(second) <= TEXT_LIMIT
+
+
+def _caption_files(per_chat: dict[int, list[Item]]) -> None:
+    """A notification's text and its file as one message (``rendering.captions``), charts drawn."""
+    for items in per_chat.values():
+        for item in items:
+            item.rendered = one_message(item.message, item.rendered, item.edit_target)
 
 
 # Chats Telegram refuses or moves (sync) ---------------------------------------------------------
@@ -121,16 +139,28 @@ def _migrate_chat(old_chat_id: int, new_chat_id: int) -> None:
 
 
 class Pacer:
-    """Token buckets: per chat (burst, then ``chat_rate``/s) and overall (``global_rate``/s)."""
+    """Token buckets: per chat (burst, then ``chat_rate``/s) and overall (``global_rate``/s after a
+    burst of ``global_burst``). The overall rate stays just under Telegram's ~30/s and its burst
+    small, so the slack absorbs network jitter and no 429 comes back.
 
-    def __init__(self, chat_rate: float = 1.0, chat_burst: int = 3, global_rate: float = 25.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Slots are reserved, not polled: a caller takes its token at once (the bucket may go below
+    zero) and sleeps exactly until its turn, so a hundred chats waiting cost one wake-up each per
+    message, not one per chat every time a token frees up. Callers that wake late (the process
+    was busy) would then go out together: a second bucket, taken when the call really leaves,
+    lets at most ``release_burst`` out at once, well inside Telegram's own burst.
+    """
+
+    def __init__(self, chat_rate: float = 1.0, chat_burst: int = 3, global_rate: float = 29.0,
+                 global_burst: float = 10.0, release_burst: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.chat_rate, self.chat_burst, self.global_rate = chat_rate, chat_burst, global_rate
         self.clock = clock
+        self.sleep = sleep
         self._chats: dict[int, TokenBucket] = {}
-        self._global = TokenBucket.full(global_rate, global_rate, clock())
+        self._global = TokenBucket.full(global_burst, global_rate, clock())
+        self._release = TokenBucket.full(release_burst, global_rate, clock())
         self._paused_until: dict[int, float] = {}
-        self._lock = asyncio.Lock()
 
     def pause(self, chat_id: int, seconds: float) -> None:
         self._paused_until[chat_id] = max(self._paused_until.get(chat_id, 0.0), self.clock() + seconds)
@@ -138,33 +168,27 @@ class Pacer:
     def paused_for(self, chat_id: int) -> float:
         return max(0.0, self._paused_until.get(chat_id, 0.0) - self.clock())
 
-    def _try(self, chat_id: int) -> float:
-        """Take a token of the chat and one of the whole bot; or take none and say how long to wait."""
-        now = self.clock()
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            chat = self._chats[chat_id] = TokenBucket.full(self.chat_burst, self.chat_rate, now)
-        chat.refill(now)
-        wait = chat.wait_time()
-        if wait:
-            return wait
-        self._global.refill(now)
-        wait = self._global.wait_time()
-        if wait:
-            return wait
-        chat.take()
-        self._global.take()
-        return 0.0
+    @staticmethod
+    def _reserve(bucket: TokenBucket, now: float) -> float:
+        """Take the bucket's next token (possibly one not there yet); the seconds until it is."""
+        bucket.refill(now)
+        wait = bucket.wait_time()
+        bucket.take()
+        return wait
 
     async def acquire(self, chat_id: int) -> None:
-        while True:
-            wait = self.paused_for(chat_id)
-            if not wait:
-                async with self._lock:
-                    wait = self._try(chat_id)
-                if not wait:
-                    return
-            await asyncio.sleep(wait)  # pacing, not synchronisation
+        """Wait for the chat's turn (after any pause Telegram asked for), then for the bot's."""
+        while wait := self.paused_for(chat_id):
+            await self.sleep(wait)  # pacing, not synchronisation
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            chat = self._chats[chat_id] = TokenBucket.full(self.chat_burst, self.chat_rate, self.clock())
+        if wait := self._reserve(chat, self.clock()):
+            await self.sleep(wait)
+        if wait := self._reserve(self._global, self.clock()):
+            await self.sleep(wait)
+        if wait := self._reserve(self._release, self.clock()):  # only after the process was too busy
+            await self.sleep(wait)
 
 
 # Sending (async) --------------------------------------------------------------------------------------
@@ -185,30 +209,101 @@ def _chunks(text: str, limit: int = TEXT_LIMIT) -> list[str]:
 
 
 class OutboxSender:
-    def __init__(self, bot: Bot, name: str = "sender", pacer: Pacer | None = None, poll_interval: float = 1.0) -> None:
+    """Delivers the outbox. ``name`` is the id its claims carry (unique per process by default)."""
+
+    def __init__(self, bot: Bot, name: str | None = None, pacer: Pacer | None = None,
+                 poll_interval: float = 1.0) -> None:
         self.bot = bot
-        self.name = name
+        self.name = name or claims.new_sender_id()
         self.pacer = pacer or Pacer()
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._chats: dict[int, asyncio.Task[None]] = {}  # chats being delivered now, by chat id
+        self._lease_until: dict[int, float] = {}  # when this sender's claim on each chat lapses (monotonic)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; a row claimed when it is set is released, never lost."""
+        """Deliver until ``stop`` is set; a row claimed when it is set is released, never lost.
+
+        First the claims of senders whose lease ran out go back to the queue; then, while this
+        sender runs, its own lease is renewed (and expired ones released) every third of a lease.
+        Chats are delivered pipelined: each claimed chat is a task of its own, and as soon as one
+        finishes its turn more chats are claimed (up to ``CHATS_IN_FLIGHT``), so the overall rate,
+        not a round's slowest chat, sets the pace.
+        """
+        await database_sync_to_async(claims.release_expired_claims)()
         doorbell = asyncio.create_task(self._listen_doorbell())
+        lease = asyncio.create_task(self._keep_lease(stop))
         try:
             while not stop.is_set():
+                self._wake.clear()
                 try:
-                    delivered = await self.run_once(stop)
+                    claimed = await self._claim_more(stop)
                 except Exception:
-                    logger.exception("outbox sender %s: a round failed; continuing", self.name)
-                    delivered = 0
-                if not delivered:
+                    logger.exception("outbox sender %s: claiming failed; continuing", self.name)
+                    claimed = 0
+                if not claimed:
                     await self._sleep(stop)
         finally:
+            await asyncio.gather(*self._chats.values(), return_exceptions=True)  # they release on stop
             doorbell.cancel()
+            lease.cancel()
+
+    async def _claim_more(self, stop: asyncio.Event) -> int:
+        room = CHATS_IN_FLIGHT - len(self._chats)
+        if room <= 0:
+            return 0
+        started = time.monotonic()
+        rows = await database_sync_to_async(claims.claim)(self.name, min(room, CLAIM_CHATS), PIPELINED_TURN)
+        if not rows:
+            return 0
+        for row in rows:
+            self._lease_until[row.chat_id] = started + settings.OUTBOX_LEASE
+        try:
+            per_chat = await self._prepared(rows)
+        except BaseException:
+            for row in rows:  # not renewed any more: the rows go back when the lease runs out
+                self._lease_until.pop(row.chat_id, None)
+            raise
+        for chat_id in {row.chat_id for row in rows} - set(per_chat):
+            self._lease_until.pop(chat_id, None)  # nothing left to send there (all failed to render)
+        for chat_id, items in per_chat.items():
+            task = asyncio.create_task(self._deliver_chat(items, stop, PIPELINED_TURN), name=f"outbox-chat-{chat_id}")
+            self._chats[chat_id] = task
+            task.add_done_callback(functools.partial(self._chat_done, chat_id))
+        return len(rows)
+
+    def _chat_done(self, chat_id: int, task: asyncio.Task[None]) -> None:
+        """A chat's turn is over: make room for another (its rows, if it failed, lapse with the lease)."""
+        self._chats.pop(chat_id, None)
+        self._lease_until.pop(chat_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("outbox sender %s: delivering to chat %s failed", self.name, chat_id,
+                         exc_info=task.exception())
+        self._wake.set()
+
+    async def _keep_lease(self, stop: asyncio.Event) -> None:
+        interval = settings.OUTBOX_LEASE / 3
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            # On a thread of their own (not the one every delivery query queues on): a busy
+            # sender must never miss its renewal and lose its own claims.
+            try:
+                # Every chat claimed, from the claim on (not only once its task runs: preparing
+                # a claim may take a while on a busy database).
+                started, chats = time.monotonic(), list(self._lease_until)
+                await database_sync_to_async(claims.renew_lease, thread_sensitive=False)(self.name, chats)
+                for chat_id in chats:
+                    if chat_id in self._lease_until:
+                        self._lease_until[chat_id] = started + settings.OUTBOX_LEASE
+                await database_sync_to_async(claims.release_expired_claims, thread_sensitive=False)()
+            except Exception:
+                logger.exception("outbox sender %s: could not renew its lease; trying again", self.name)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -241,10 +336,15 @@ class OutboxSender:
         rows = await database_sync_to_async(claims.claim)(self.name)
         if not rows:
             return 0
-        per_chat = await database_sync_to_async(prepare)(rows)
-        await self._draw_charts(per_chat)
+        per_chat = await self._prepared(rows)
         await asyncio.gather(*(self._deliver_chat(items, stop) for items in per_chat.values()))
         return len(rows)
+
+    async def _prepared(self, rows: list[OutboxMessage]) -> dict[int, list[Item]]:
+        """Claimed rows coalesced and rendered, charts drawn and files captioned: the items to send."""
+        per_chat = await database_sync_to_async(prepare)(rows)
+        await self._draw_charts(per_chat)
+        return per_chat
 
     async def _draw_charts(self, per_chat: dict[int, list[Item]]) -> None:
         loop = asyncio.get_running_loop()
@@ -252,12 +352,20 @@ class OutboxSender:
             for item in items:
                 if any(part.draw is not None for part in item.rendered.files):
                     item.rendered.files = await loop.run_in_executor(CHART_THREAD, draw_files, item.rendered.files)
+        _caption_files(per_chat)  # once the charts are drawn (or left out)
 
-    async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None) -> None:
-        for later in items[MESSAGES_PER_CHAT:]:
+    async def _deliver_chat(self, items: list[Item], stop: asyncio.Event | None,
+                            turn: int = MESSAGES_PER_CHAT) -> None:
+        for later in items[turn:]:
             await database_sync_to_async(claims.release)(later.message, later.merged_ids)
-        items = items[:MESSAGES_PER_CHAT]
+        items = items[:turn]
         for position, item in enumerate(items):
+            if self._lapsing(item.message.chat_id):
+                # Renewals failed (the database was out of reach): the claim may lapse and another
+                # sender take the chat. Send nothing more; the rows go back when the lease runs out.
+                logger.warning("outbox sender %s: its claim on chat %s is lapsing; stopping there",
+                               self.name, item.message.chat_id)
+                return
             if stop is not None and stop.is_set():
                 outcome = Outcome.WAIT
             else:
@@ -270,6 +378,11 @@ class OutboxSender:
                 for rest in items[position:]:
                     await database_sync_to_async(claims.release)(rest.message, rest.merged_ids)
                 return
+
+    def _lapsing(self, chat_id: int) -> bool:
+        """Less than a third of the lease is left: a renewal was missed (pipelined ``run`` only)."""
+        until = self._lease_until.get(chat_id)
+        return until is not None and time.monotonic() > until - settings.OUTBOX_LEASE / 3
 
     async def _deliver(self, item: Item) -> Outcome:
         """Send one item, and say whether the rest of the chat's batch may follow."""
@@ -291,8 +404,8 @@ class OutboxSender:
             delay = retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
             self.pacer.pause(chat_id, delay)
             logger.info("outbox %s: Telegram asks to wait %ss", item.message.pk, delay)
-            await database_sync_to_async(claims.retry)(item.message, f"429: retry after {delay:g}s",
-                                                       timedelta(seconds=delay), item.merged_ids)
+            await database_sync_to_async(claims.postpone)(item.message, f"429: retry after {delay:g}s",
+                                                          timedelta(seconds=delay), item.merged_ids)
         except ChatMigrated as exc:
             logger.info("chat %s migrated to %s", chat_id, exc.new_chat_id)
             await database_sync_to_async(_migrate_chat)(chat_id, exc.new_chat_id)

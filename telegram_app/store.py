@@ -121,6 +121,23 @@ def cancel_job(account: Account, job_id: str) -> tuple[Job | None, str]:
 
 
 @database_sync_to_async
+def stop_early(account: Account, job_id: str) -> str:
+    """Ask a running ⭐ Auto search to finish with its best model so far; "" or why it cannot."""
+    job = Job.objects.filter(pk=job_id, account=account).first()
+    if job is None:
+        return "That job does not exist."
+    if job.stop_requested:
+        return "Already stopping — the best model so far is being saved."
+    try:
+        job_services.stop_early(job)
+    except InvalidTransition:
+        return f"That job is already {job.state}."
+    except job_services.JobError as exc:
+        return str(exc)
+    return ""
+
+
+@database_sync_to_async
 def revoke_key(account: Account) -> ApiKey | None:
     key = account.active_key()
     if key is not None:
@@ -136,3 +153,8 @@ def issue_key(account: Account) -> tuple[ApiKey, str]:
 @database_sync_to_async
 def active_key(account: Account) -> ApiKey | None:
     return account.active_key()
+
+
+@database_sync_to_async
+def active_keys(account: Account) -> list[ApiKey]:
+    return account.active_keys()

@@ -15,12 +15,13 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from accounts.pairing import expire_pairings
-from core.claims import release_stale_claims
+from core.claims import release_expired_claims
 from core.outbox import prune as prune_outbox
 from jobs.services import mark_lost_jobs
 from notifications import services as notification_services
+from telegram_app.dashboards import refresh_dashboards
 from workers.models import ConnectToken
-from workers.services import announce_disconnects
+from workers.services import announce_disconnects, mark_stale_workers
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,14 @@ def delete_old_connect_tokens() -> int:
 
 
 SWEEPS: list[tuple[str, Callable[[], int]]] = [
+    ("workers without heartbeats", mark_stale_workers),  # first: the two rules below act on it
     ("disconnect notices", announce_disconnects),
     ("lost jobs", mark_lost_jobs),
     ("stalled processes", notification_services.mark_stalled_processes),
+    ("lost processes", notification_services.mark_lost_processes),
+    ("live dashboards", refresh_dashboards),  # after the two above: it shows what they decided
     ("expired pairings", expire_pairings),
-    ("stale outbox claims", release_stale_claims),
+    ("outbox claims whose lease ran out", release_expired_claims),
     ("old connect tokens", delete_old_connect_tokens),
     ("idempotency records and rate counters", notification_services.prune_bookkeeping),
     ("delivered outbox messages", prune_outbox),
@@ -57,7 +61,9 @@ def run_sweeps_once() -> dict[str, int]:
 
 async def run_sweeps(stop: asyncio.Event, interval: float = 5.0) -> None:
     while not stop.is_set():
-        await database_sync_to_async(run_sweeps_once)()
+        # Not on the thread every handler's and the sender's queries share: a slow sweep must not
+        # hold up delivery (nor a sender's first claim after a restart).
+        await database_sync_to_async(run_sweeps_once, thread_sensitive=False)()
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:

@@ -22,6 +22,7 @@ from tg_rules.images import image_size
 from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
 
 from .entities import EntityParseError, UnsupportedParseModeError, format_text
+from .faults import FaultRule
 from .models import BotApiError, PrivateChat, StoredFile, StoredMessage, bad_request
 from .params import Params, read_params
 from .state import SandboxState
@@ -496,10 +497,11 @@ def _chat_id_of(p: Params) -> int | None:
         return None
 
 
-async def _apply_fault(state: SandboxState, name: str, p: Params) -> None:
+async def _apply_fault(state: SandboxState, name: str, p: Params) -> FaultRule | None:
+    """Apply the fault that matches this call, if any; a "slow_reply" is returned for after the call."""
     rule = state.faults.take(name, _chat_id_of(p))
     if rule is None:
-        return
+        return None
     logger.info("fault %s injected into %s", rule.kind, name)
     if rule.kind == "slow":
         await asyncio.sleep(rule.delay)  # the injected fault itself: a slow Telegram
@@ -511,6 +513,7 @@ async def _apply_fault(state: SandboxState, name: str, p: Params) -> None:
         raise BotApiError(502, "Bad Gateway")
     elif rule.kind == "blocked":
         raise BotApiError(403, "Forbidden: bot was blocked by the user")
+    return rule
 
 
 async def handle_bot_call(request: web.Request) -> web.Response:
@@ -526,8 +529,10 @@ async def handle_bot_call(request: web.Request) -> web.Response:
     state.record_call(name)
     try:
         params = await read_params(request)
-        await _apply_fault(state, name, params)
+        rule = await _apply_fault(state, name, params)
         result = await handler(state, params)
+        if rule is not None and rule.kind == "slow_reply":
+            await asyncio.sleep(rule.delay)  # the injected fault: the call took effect, its answer is late
     except BotApiError as error:
         state.record_status(error.status)
         if error.status >= 500 or error.status == 429:

@@ -110,8 +110,10 @@ class SandboxDriver:
         chat_id: int | None = None,
         retry_after: int = 1,
         delay: float = 1.0,
+        duration: float = 0.0,
     ) -> dict[str, Any]:
-        """Queue a fault rule (kind "429" | "5xx" | "slow" | "blocked"); returns it as stored."""
+        """Queue a fault rule (kind "429" | "5xx" | "slow" | "blocked" | "slow_reply"); returns it as stored.
+        With ``duration`` the rule answers every matching call for that many seconds."""
         rule = {
             "method": method,
             "kind": kind,
@@ -119,6 +121,7 @@ class SandboxDriver:
             "chat_id": chat_id,
             "retry_after": retry_after,
             "delay": delay,
+            "duration": duration,
         }
         return self.request("POST", "/sandbox/api/faults", json=rule)["added"][0]
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-WORKER_VERSION = "1.0.0"
+WORKER_VERSION = "1.1.0"
 PROTOCOL_VERSION = 1
 DEFAULT_SERVER = "__STATSBOT_SERVER_URL__"
 TOKEN_ENV = "STATSBOT_TOKEN"  # the one-time token, for a command line that does not show it in `ps`
@@ -59,7 +59,9 @@ log = logging.getLogger("statsbot_worker")
 # --------------------------------------------------------------------------- limits
 
 MAX_FRAME_BYTES = 512 * 1024  # every frame we send stays below this (daphne refuses > 1 MiB)
-DEFAULT_MAX_FILE_MB = 2048
+# Training samples a file bigger than memory and predictions stream it in chunks, so this only
+# guards against a path to some huge unrelated file; --max-file-size raises it.
+DEFAULT_MAX_FILE_MB = 20 * 1024
 PREDICT_CHUNK_ROWS = 100_000
 DESCRIBE_SAMPLE_ROWS = 50_000
 DESCRIBE_MAX_COLUMNS = 200
@@ -244,7 +246,7 @@ def valid_text(text: str) -> str:
     return SURROGATE_RE.sub("\ufffd", text)
 
 
-def short_text(text: str, limit: int = 300) -> str:
+def short_text(text: object, limit: int = 300) -> str:
     text = " ".join(valid_text(str(text)).split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
@@ -322,6 +324,14 @@ def round_float(value: Any, digits: int = 6) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, digits) if math.isfinite(f) else None
+
+
+def round_significant(value: Any, digits: int = 4) -> float | None:
+    """A statistic as people quote it: ``digits`` significant digits. The min and max of an
+    overfitted model's predictions are the file's own values; rounded, they stay statistics
+    (the data budget: no number of the file leaves the machine outside the sample)."""
+    f = round_float(value, 12)
+    return None if f is None else float(f"{f:.{digits}g}")
 
 
 def json_size(obj: Any) -> int:
@@ -482,6 +492,8 @@ def available_models(versions: dict[str, str | None]) -> list[str]:
         models.extend(["random_forest", "linear"])
     if versions.get("xgboost"):
         models.append("xgboost")
+    if versions.get("lightgbm") and versions.get("scikit-learn"):
+        models.insert(0, "auto")  # issue 14: the search (LightGBM, plus XGBoost when installed)
     return models
 
 
@@ -1150,11 +1162,13 @@ class JobContext:
         settings: Settings,
         emit: Callable[[dict], None] | None = None,
         cancel_event: threading.Event | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.job_id = job_id
         self.params = params
         self.settings = settings
         self.cancel_event = cancel_event or threading.Event()
+        self.stop_event = stop_event or threading.Event()  # stop_early: finish with the best so far
         self._emit = emit
         self._last_sent = 0.0
         self._last_status = ""
@@ -1163,8 +1177,13 @@ class JobContext:
         if self.cancel_event.is_set():
             raise JobCancelled()
 
-    def progress(self, percent: float, status: str, message: str, force: bool = False) -> None:
-        """Send a progress update (rate limited unless the status changes), then check for cancel."""
+    def progress(
+        self, percent: float, status: str, message: str, force: bool = False, search: dict | None = None
+    ) -> None:
+        """Send a progress update (rate limited unless the status changes), then check for cancel.
+
+        ``search`` (auto training) is sent along as the frame's ``search`` object.
+        """
         self.checkpoint()
         now = time.monotonic()
         changed = status != self._last_status
@@ -1173,15 +1192,16 @@ class JobContext:
         ):
             self._last_sent = now
             self._last_status = status
-            self._emit(
-                {
-                    "type": "progress",
-                    "job_id": self.job_id,
-                    "status": status,
-                    "progress": int(max(0, min(100, percent))),
-                    "message": short_text(message, 300),
-                }
-            )
+            frame = {
+                "type": "progress",
+                "job_id": self.job_id,
+                "status": status,
+                "progress": int(max(0, min(100, percent))),
+                "message": short_text(message, 300),
+            }
+            if search is not None:
+                frame["search"] = search
+            self._emit(frame)
         log.debug("job %s %s %d%% %s", self.job_id, status, int(percent), message)
 
 
@@ -1518,12 +1538,16 @@ MODEL_ALIASES = {
     "logistic_regression": "linear",
     "xgboost": "xgboost",
     "xgb": "xgboost",
+    "auto": "auto",
+    "automl": "auto",
+    "best": "auto",
 }
 MODEL_LABELS = {
     "lightgbm": "LightGBM",
     "random_forest": "Random Forest",
     "linear": "linear model",
     "xgboost": "XGBoost",
+    "auto": "the best of a search",
 }
 
 
@@ -1533,7 +1557,7 @@ def normalize_model_type(raw: Any) -> str:
     key = str(raw).strip().lower().replace("-", "_").replace(" ", "_")
     if key not in MODEL_ALIASES:
         raise JobError(
-            "invalid_params", f"Unknown model_type {raw!r}; use lightgbm, random_forest, linear or xgboost."
+            "invalid_params", f"Unknown model_type {raw!r}; use auto, lightgbm, random_forest, linear or xgboost."
         )
     return MODEL_ALIASES[key]
 
@@ -1560,11 +1584,15 @@ def make_estimator(model_type: str, task: str, n_rows: int, schema: list[dict]) 
     if model_type == "lightgbm":
         lgb = _require("lightgbm", "LightGBM")
         cls = lgb.LGBMClassifier if classification else lgb.LGBMRegressor
-        return cls(n_estimators=200, learning_rate=0.05, num_leaves=31, random_state=42, verbose=-1), []
+        threads = search_threads(n_rows, len(schema))  # one thread on small data: see search_threads
+        return cls(
+            n_estimators=200, learning_rate=0.05, num_leaves=31, random_state=42, verbose=-1, n_jobs=threads
+        ), []
     if model_type == "xgboost":
         xgb = _require("xgboost", "XGBoost")
         cls = xgb.XGBClassifier if classification else xgb.XGBRegressor
         return cls(
+            n_jobs=search_threads(n_rows, len(schema)),
             n_estimators=200,
             learning_rate=0.1,
             tree_method="hist",
@@ -1892,6 +1920,7 @@ def job_describe(ctx: JobContext) -> dict:
     ctx.progress(10, "reading", f"Reading {path.name}\u2026")
     sample = read_table(path, fmt, nrows=DESCRIBE_SAMPLE_ROWS + 1)
     ctx.checkpoint()
+    rows: int | None
     if len(sample) <= DESCRIBE_SAMPLE_ROWS:
         rows, exact = len(sample), True
     else:
@@ -1929,6 +1958,330 @@ def job_describe(ctx: JobContext) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- jobs: check (issue 14)
+
+
+def _is_row_number(values: Any) -> bool:
+    """Whole numbers that, sorted, count up by one: row numbers, whatever their order in the file."""
+    np = _require("numpy", "Checking")
+    arr = np.sort(np.asarray(values, dtype="float64"))
+    return arr.size >= 10 and bool(np.all(np.floor(arr) == arr)) and bool(np.all(np.diff(arr) == 1))
+
+
+def id_like_columns(df: Any, columns: list[str]) -> list[str]:
+    """Columns that number or name the rows: ID names with unique values, row numbers, unique text keys."""
+    pd = _pandas()
+    out: list[str] = []
+    n = len(df)
+    if n < 10:
+        return out
+    for name in columns:
+        col = df[name].dropna()
+        if len(col) < 0.9 * n:
+            continue
+        unique_share = col.nunique() / len(col)
+        lowered = str(name).strip().lower()
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        named_id = (
+            lowered in ID_NAMES or lowered.startswith("unnamed:") or bool(re.search(r"(^|[_\s-])id$", lowered))
+        )
+        if named_id and unique_share >= 0.95:
+            out.append(name)
+        elif numeric and unique_share == 1 and _is_row_number(col):
+            out.append(name)
+        elif not numeric and not pd.api.types.is_datetime64_any_dtype(col) and unique_share >= 0.99 and n >= 20:
+            out.append(name)
+    return out
+
+
+def drop_id_like(df: Any, features: list[str], keep: list[str], warnings: list[str]) -> tuple[list[str], list[str]]:
+    """Features without the ID-like columns the user did not keep (all of them when nothing else is left)."""
+    dropped = [c for c in id_like_columns(df, features) if c not in set(keep)]
+    if not dropped or len(dropped) == len(features):
+        return features, []
+    warnings.append(
+        f"Left out ID-like column(s) {_list_some(dropped)}: they number or name the rows, so a model learns "
+        "nothing from them that holds for new rows. Keep them with keep_columns."
+    )
+    return [c for c in features if c not in set(dropped)], dropped
+
+
+def leak_columns(df: Any, target: str, task: str, features: list[str]) -> list[str]:
+    """Features that alone predict the target almost perfectly (3-fold cross-validated one-feature tree)."""
+    np = _require("numpy", "Checking")
+    ms = _require("sklearn.model_selection", "Checking")
+    tree = _require("sklearn.tree", "Checking")
+    data = df[df[target].notna()]
+    if len(data) > LEAK_SAMPLE_ROWS:
+        data = data.sample(LEAK_SAMPLE_ROWS, random_state=0)
+    if len(data) < 30:
+        return []
+    if task == "classification":
+        y = _pandas().factorize(data[target].astype(str))[0]
+        if np.bincount(y).min() < 3:
+            return []
+        folds = ms.StratifiedKFold(3, shuffle=True, random_state=0)
+        model = tree.DecisionTreeClassifier(max_leaf_nodes=64, random_state=0)
+        scoring = ["accuracy", "balanced_accuracy"]
+    else:
+        y = data[target].astype("float64").to_numpy()
+        folds = ms.KFold(3, shuffle=True, random_state=0)
+        model = tree.DecisionTreeRegressor(max_leaf_nodes=64, random_state=0)
+        scoring = ["r2"]
+    leaks = []
+    for name in features[:DESCRIBE_MAX_COLUMNS]:
+        kind = column_kind(data[name])
+        if kind == "categorical":
+            codes = _pandas().Categorical(data[name].astype(str).where(data[name].notna())).codes
+            x = np.asarray(codes, dtype="float64")
+            x[x < 0] = -1
+        else:
+            x = prepare_features(data[[name]], [{"name": name, "kind": kind}])[name].to_numpy()
+            finite = x[np.isfinite(x)]
+            if not finite.size:
+                continue
+            x = np.where(np.isfinite(x), x, finite.min() - 1)
+        try:
+            scores = ms.cross_validate(model, x.reshape(-1, 1), y, cv=folds, scoring=scoring)
+        except ValueError:
+            continue
+        if task == "classification":
+            leak = scores["test_accuracy"].mean() >= 0.99 and scores["test_balanced_accuracy"].mean() >= 0.98
+        else:
+            leak = scores["test_r2"].mean() >= 0.98
+        if leak:
+            leaks.append(name)
+    return leaks
+
+
+def target_tasks(series: Any) -> list[str]:
+    """Possible tasks for a target, the recommended first; never regression for a non-numeric one."""
+    pd = _pandas()
+    values = series.dropna()
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    n_unique = int(values.nunique())
+    if not numeric:
+        return ["classification"] if n_unique <= MAX_CLASSES else []
+    if detect_task(values) == "classification":
+        return ["classification", "regression"]
+    if n_unique <= MAX_CLASSES and _integral(values):
+        return ["regression", "classification"]
+    return ["regression"]
+
+
+def close_column_names(target: str, header: list[str]) -> list[str]:
+    """Up to 3 column names close to target: the same ignoring case first, then small typos."""
+    import difflib
+
+    lowered = {h.lower(): h for h in reversed(header)}
+    exact = [h for h in header if h.lower() == target.lower()]
+    close = difflib.get_close_matches(target.lower(), list(lowered), n=3, cutoff=0.75)
+    out = list(dict.fromkeys(exact + [lowered[c] for c in close]))
+    return out[:3]
+
+
+def _refusal(code: str, message: str) -> dict:
+    return {"code": code, "message": message}
+
+
+def job_check(ctx: JobContext) -> dict:
+    """The target step's checks: tasks offered, refusals, ID-like columns, leaks, imbalance."""
+    s = ctx.settings
+    raw_path = ctx.params.get("path", ctx.params.get("file_path"))
+    target = ctx.params.get("target", ctx.params.get("target_column"))
+    if not isinstance(target, str) or not target:
+        raise JobError("invalid_params", "target is required.")
+    path, fmt = check_input_file(raw_path, s.allowed_roots, s.max_file_bytes, s.root_aliases)
+    ctx.progress(10, "reading", f"Reading {path.name}\u2026", force=True)
+    df = read_table(path, fmt, nrows=DESCRIBE_SAMPLE_ROWS + 1)
+    if len(df) <= DESCRIBE_SAMPLE_ROWS:
+        rows = len(df)
+    else:
+        df = df.iloc[:DESCRIBE_SAMPLE_ROWS]
+        rows = count_rows(path, fmt)[0] or DESCRIBE_SAMPLE_ROWS
+    header = [str(c) for c in df.columns]
+    out: dict = {
+        "rows": int(rows),
+        "target": short_name(target),
+        "tasks": [],
+        "refused": None,
+        "id_like": [],
+        "leaks": [],
+        "imbalance": None,
+        "suggestions": [],
+    }
+    ctx.progress(40, "analysing", f"Checking {len(header)} columns\u2026")
+    if len(header) < 2:
+        out["refused"] = _refusal(
+            "single_column", "The file has a single column, so there is nothing to predict it from."
+        )
+        return out
+    if target not in header:
+        out["suggestions"] = [short_name(c) for c in close_column_names(target, header)]
+        hint = f" Did you mean {', '.join(out['suggestions'])}?" if out["suggestions"] else ""
+        out["refused"] = _refusal("no_such_column", f"There is no column '{short_name(target)}'.{hint}")
+        return out
+    if rows == 0:
+        out["refused"] = _refusal("empty_file", f"{path.name} has no rows, only a header.")
+        return out
+    y = df[target]
+    values = y.dropna()
+    features = [c for c in header if c != target]
+    if values.empty:
+        out["refused"] = _refusal("no_target_values", f"Every '{short_name(target)}' cell is empty.")
+        return out
+    if values.nunique() < 2:
+        out["refused"] = _refusal(
+            "constant_target", f"'{short_name(target)}' has the same value in every row: nothing to learn."
+        )
+        return out
+    if target in id_like_columns(df, [target]) or (
+        values.nunique() == len(values) and len(values) >= 20 and not _pandas().api.types.is_numeric_dtype(values)
+    ):
+        out["refused"] = _refusal(
+            "id_target",
+            f"'{short_name(target)}' is different in every row, like an ID: no model can predict it for new rows.",
+        )
+        return out
+    tasks = target_tasks(y)
+    if not tasks:
+        out["refused"] = _refusal(
+            "too_many_classes",
+            f"'{short_name(target)}' is text with {fmt_int(int(values.nunique()))} different values, "
+            f"more than the {MAX_CLASSES} classes a model can learn here.",
+        )
+        return out
+    out["tasks"] = tasks
+    id_like = id_like_columns(df, features)
+    out["id_like"] = [short_name(c) for c in id_like]
+    ctx.progress(60, "analysing", "Looking for columns that give the answer away\u2026")
+    out["leaks"] = [
+        short_name(c) for c in leak_columns(df, target, tasks[0], [c for c in features if c not in set(id_like)])
+    ]
+    if tasks[0] == "classification":
+        counts = values.astype(str).value_counts()
+        share = float(counts.min() / counts.sum())
+        if share < IMBALANCE_SHARE:
+            out["imbalance"] = {
+                "minority_share": round_float(share, 4),
+                "metric": "ROC AUC" if len(counts) == 2 else "log loss",
+            }
+    ctx.progress(100, "done", "Checked", force=True)
+    return out
+
+
+# --------------------------------------------------------------------------- jobs: training files larger than memory (issue 14)
+
+TRAIN_MEMORY_BYTES = 400 * 1024 * 1024  # the training table in memory; bigger files are sampled into it
+TRAIN_SAMPLE_CHUNK_ROWS = 100_000
+TRAIN_SAMPLE_MIN_CLASS_ROWS = 500  # rows kept of every class (all of a rarer one) when sampling
+
+
+def _iter_columns(path: Path, fmt: str, columns: list[str], chunk_rows: int) -> Iterator[Any]:
+    """Only these columns, chunk by chunk (CSV/TSV and Parquet)."""
+    pd = _pandas()
+    if fmt in ("csv", "tsv"):
+        with pd.read_csv(path, usecols=columns, chunksize=chunk_rows, **_csv_kwargs(path, fmt)) as reader:
+            for chunk in reader:
+                yield _str_columns(chunk)
+    else:
+        pq = _require("pyarrow.parquet", "Reading Parquet files")
+        for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=chunk_rows, columns=columns):
+            yield _str_columns(batch.to_pandas())
+
+
+def _table_bytes_estimate(path: Path, fmt: str, columns: list[str]) -> float:
+    """About how much memory the table (these columns) takes once read.
+
+    Parquet counts 4x its size on disk. A CSV that could matter is measured: its first 10,000
+    rows are read, and their bytes in memory per byte of file scale the whole file (text columns
+    take several times their size on disk as Python strings).
+    """
+    size = path.stat().st_size
+    if fmt == "parquet":
+        return 4.0 * size
+    if size <= TRAIN_MEMORY_BYTES / 8:
+        return float(size)
+    pd = _pandas()
+    lines = 10_000
+    with open(path, "rb") as fh:
+        head = b"".join(fh.readline() for _ in range(lines + 1))
+    import io
+
+    sample = pd.read_csv(io.BytesIO(head), usecols=columns, **_csv_kwargs(path, fmt))
+    if not len(sample) or not head:
+        return float(size)
+    return size * float(sample.memory_usage(deep=True).sum()) / len(head)
+
+
+def _sampling_task(counts: Any, numeric: bool, integral: bool, task: str | None) -> str:
+    if task:
+        return task
+    if not numeric or (len(counts) <= 20 and integral):
+        return "classification"
+    return "regression"
+
+
+def read_training_table(
+    path: Path, fmt: str, columns: list[str], target: str, task: str | None, ctx: JobContext, warnings: list[str]
+) -> tuple[Any, dict | None]:
+    """The training rows: the whole table, or, when it would not fit in TRAIN_MEMORY_BYTES, a
+    random sample of rows that does (each class sampled at the same rate, every class keeping
+    at least TRAIN_SAMPLE_MIN_CLASS_ROWS rows). Returns (table, None | {rows_used, rows_total})."""
+    pd = _pandas()
+    np = _require("numpy", "Training")
+    size = path.stat().st_size
+    if fmt not in ("csv", "tsv", "parquet") or _table_bytes_estimate(path, fmt, columns) <= TRAIN_MEMORY_BYTES:
+        return read_table(path, fmt, columns=columns), None
+    ctx.progress(6, "reading", f"{path.name} is {fmt_bytes(size)}: counting rows to sample it\u2026", force=True)
+    counts: Any = None
+    total = 0
+    numeric, integral = True, True
+    for chunk in _iter_columns(path, fmt, [target], TRAIN_SAMPLE_CHUNK_ROWS):
+        ctx.checkpoint()
+        col = chunk[target]
+        total += len(col)
+        values = col.dropna()
+        if numeric and not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)):
+            numeric = False
+        if numeric and integral and len(values):
+            integral = _integral(values)
+        part = values.astype(str).value_counts()
+        counts = part if counts is None else counts.add(part, fill_value=0)
+        if counts is not None and len(counts) > 10 * MAX_CLASSES:
+            counts = counts.iloc[:0]  # a continuous target: class counts are of no use
+    first = next(iter(_iter_columns(path, fmt, columns, 10_000)), None)
+    per_row = max(1.0, float(first.memory_usage(deep=True).sum()) / max(1, len(first))) if first is not None else 100.0
+    rate = min(1.0, TRAIN_MEMORY_BYTES / (per_row * max(1, total)))
+    if rate >= 1.0:
+        return read_table(path, fmt, columns=columns), None
+    kind = _sampling_task(counts if counts is not None else [], numeric, integral, task)
+    rates: dict[str, float] = {}
+    if kind == "classification" and counts is not None and len(counts):
+        for label, n in counts.items():
+            rates[str(label)] = min(1.0, max(rate, TRAIN_SAMPLE_MIN_CLASS_ROWS / max(1.0, float(n))))
+    rng = np.random.default_rng(42)
+    kept = []
+    done = 0
+    for chunk in _iter_columns(path, fmt, columns, TRAIN_SAMPLE_CHUNK_ROWS):
+        done += len(chunk)
+        ctx.progress(6 + 12 * done / max(1, total), "reading", f"Sampling rows: {fmt_int(done)} of {fmt_int(total)} read")
+        draw = rng.random(len(chunk))
+        if rates:
+            row_rate = chunk[target].astype(str).map(rates).fillna(rate).to_numpy(dtype="float64")
+        else:
+            row_rate = np.full(len(chunk), rate)
+        kept.append(chunk[draw < row_rate])
+    df = pd.concat(kept, ignore_index=True) if kept else read_table(path, fmt, columns=columns, nrows=0)
+    sampled = {"rows_used": int(len(df)), "rows_total": int(total)}
+    warnings.append(
+        f"{path.name} has {fmt_int(total)} rows, more than fit in this worker's memory budget "
+        f"({fmt_bytes(TRAIN_MEMORY_BYTES)}), so training used a random sample of {fmt_int(len(df))} rows"
+        + (" (every class sampled at the same rate; rare classes kept whole)." if rates else ".")
+    )
+    return df, sampled
+
+
 # --------------------------------------------------------------------------- jobs: train
 
 
@@ -1956,12 +2309,26 @@ def _train_params(params: dict) -> dict:
         raise JobError("invalid_params", "test_size must be a number between 0.05 and 0.5.") from None
     if not 0.05 <= test_size <= 0.5:
         raise JobError("invalid_params", "test_size must be between 0.05 and 0.5.")
+    budget = params.get("time_budget_s", AUTO_DEFAULT_BUDGET_S)
+    if budget is None:
+        budget = AUTO_DEFAULT_BUDGET_S
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+        raise JobError("invalid_params", "time_budget_s must be a number of seconds.")
+    if not AUTO_MIN_BUDGET_S <= budget <= AUTO_MAX_BUDGET_S:
+        raise JobError(
+            "invalid_params", f"time_budget_s must be between {AUTO_MIN_BUDGET_S} and {AUTO_MAX_BUDGET_S} seconds."
+        )
+    keep = params.get("keep_columns") or []
+    if not isinstance(keep, list) or not all(isinstance(c, str) for c in keep):
+        raise JobError("invalid_params", "keep_columns must be a list of column names.")
     return {
         "target": target,
         "features": features,
         "task": task if task in ("classification", "regression") else None,
         "model_type": normalize_model_type(params.get("model_type")),
         "test_size": test_size,
+        "time_budget_s": int(budget),
+        "keep_columns": keep,
     }
 
 
@@ -2041,9 +2408,10 @@ def job_train(ctx: JobContext) -> dict:
     ctx.progress(5, "reading", f"Reading {path.name}\u2026", force=True)
     header = read_columns(path, fmt)
     features = _choose_columns(header, target, p["features"])
-    df = read_table(path, fmt, columns=[c for c in header if c in set(features) | {target}])
-    ctx.progress(20, "reading", f"Read {fmt_int(len(df))} rows \u00d7 {len(df.columns)} columns")
+    wanted = [c for c in header if c in set(features) | {target}]
     warnings: list[str] = []
+    df, sampled = read_training_table(path, fmt, wanted, target, p["task"], ctx, warnings)
+    ctx.progress(20, "reading", f"Read {fmt_int(len(df))} rows \u00d7 {len(df.columns)} columns")
     if df[target].isna().all():
         raise JobError("bad_target", f"Target '{short_name(target)}' has no values (every row is empty).")
     n_missing = int(df[target].isna().sum())
@@ -2057,19 +2425,30 @@ def job_train(ctx: JobContext) -> dict:
         )
     task = p["task"] or detect_task(df[target])
     y, classes = _encode_target(df[target], task, target)
+    dropped: list[str] = []
+    if p["features"] is None:
+        features, dropped = drop_id_like(df, features, p["keep_columns"], warnings)
     ctx.progress(30, "preparing", f"Preparing {len(features)} features ({task})\u2026")
     schema, schema_warnings = build_feature_schema(df, features)
     warnings.extend(schema_warnings)
-    X = design_matrix(model_type, prepare_features(df, schema), schema)
+    X = design_matrix(model_type if model_type != "auto" else "lightgbm", prepare_features(df, schema), schema)
     del df
-    X_train, X_test, y_train, y_test = _split(X, y, task, p["test_size"], warnings)
-    estimator, cost_warnings = make_estimator(model_type, task, len(X_train), schema)
-    warnings.extend(cost_warnings)
-    fit_with_progress(estimator, model_type, X_train, y_train, ctx, len(X_train))
-    ctx.progress(82, "evaluating", f"Evaluating on {fmt_int(len(X_test))} held-out rows\u2026", force=True)
-    result_extra, metrics = _evaluate(estimator, X_test, y_test, task, classes)
     names = [e["name"] for e in schema]
-    importance = top_importances(names, raw_importances(estimator, model_type, schema))
+    auto_fields: dict = {}
+    if model_type == "auto":
+        estimator, auto_fields, metrics = train_auto(ctx, X, y, task, classes, schema, p, warnings)
+        result_extra = {k: auto_fields.pop(k) for k in ("confusion_matrix", "predicted_vs_actual") if k in auto_fields}
+        n_train, n_test = auto_fields.pop("n_train"), auto_fields.pop("n_test")
+        importance = top_importances(names, ensemble_importances(estimator["members"], schema))
+    else:
+        X_train, X_test, y_train, y_test = _split(X, y, task, p["test_size"], warnings)
+        estimator, cost_warnings = make_estimator(model_type, task, len(X_train), schema)
+        warnings.extend(cost_warnings)
+        fit_with_progress(estimator, model_type, X_train, y_train, ctx, len(X_train))
+        ctx.progress(82, "evaluating", f"Evaluating on {fmt_int(len(X_test))} held-out rows\u2026", force=True)
+        result_extra, metrics = _evaluate(estimator, X_test, y_test, task, classes)
+        importance = top_importances(names, raw_importances(estimator, model_type, schema))
+        n_train, n_test = len(X_train), len(X_test)
     ctx.progress(92, "saving", "Saving the model\u2026", force=True)
     model_id = make_model_id(model_type, target, s.models_dir)
     mm = main_metric(task, metrics)
@@ -2087,14 +2466,17 @@ def job_train(ctx: JobContext) -> dict:
         "main_metric": mm,
         "feature_importance": importance,
         "n_rows": int(len(X)),
-        "n_train": int(len(X_train)),
-        "n_test": int(len(X_test)),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
         "training_file": str(path),
+        "sampled": sampled,
         "created_at": utc_now_iso(),
         "worker_version": WORKER_VERSION,
         "packages": {k: v for k, v in package_versions().items() if v},
         "model_file": "model.joblib",
     }
+    if model_type == "auto":  # what list_models and a later look at the model can show
+        metadata.update({k: auto_fields[k] for k in ("evaluation", "comparison", "search") if k in auto_fields})
     ctx.checkpoint()
     directory = save_model(s.models_dir, model_id, estimator, metadata)
     data = {
@@ -2104,8 +2486,8 @@ def job_train(ctx: JobContext) -> dict:
         "target": short_name(target),
         "features": [short_name(n) for n in names],
         "n_rows": int(len(X)),
-        "n_train": int(len(X_train)),
-        "n_test": int(len(X_test)),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
         "metrics": metrics,
         "main_metric": mm,
         "feature_importance": [
@@ -2118,6 +2500,11 @@ def job_train(ctx: JobContext) -> dict:
     if classes is not None:
         data["classes"] = classes
     data.update(result_extra)
+    if model_type == "auto" or sampled:
+        data.update(auto_fields)
+        data["sampled"] = sampled
+    if dropped:
+        data["dropped_id_like"] = [short_name(c) for c in dropped]
     ctx.progress(100, "done", f"Saved {model_id}", force=True)
     return data
 
@@ -2143,6 +2530,627 @@ def _evaluate(estimator: Any, X_test: Any, y_test: Any, task: str, classes: list
         matrix = sk.confusion_matrix(y_test, pred, labels=list(range(len(classes))))
         extra["confusion_matrix"] = {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
     return extra, metrics
+
+
+# --------------------------------------------------------------------------- jobs: auto search (issue 14)
+#
+# model_type "auto": a time-boxed search over a fixed, ordered list of configurations (LightGBM
+# with early stopping, XGBoost when installed, extra trees / random forest on smaller files, then
+# seeded random LightGBM settings), a greedy weighted ensemble of the trials chosen on inner
+# validation rows, scored on rows the search never saw, and refit on all rows.
+
+AUTO_DEFAULT_BUDGET_S = 120
+AUTO_MIN_BUDGET_S = 10
+AUTO_MAX_BUDGET_S = 3600
+AUTO_CV_MAX_ROWS = 2500  # below this many rows the whole search is evaluated by cross-validation...
+AUTO_CV_MAX_CELLS = 300_000  # ...when rows x features (x classes) stay below this (else a hold-out split)
+AUTO_HARD_LIMIT = 3.0  # even the first trial is cut short past this many times the budget
+AUTO_CV_FOLDS = 5
+AUTO_INNER_VALID = 0.2  # inner validation share (early stopping and ensemble weights)
+AUTO_MAX_TREES = 5000
+AUTO_EARLY_STOP_ROUNDS = 50
+AUTO_REFIT_TREES = 1.1  # refit on all rows with this many times the early-stopped number of trees
+AUTO_FOREST_MAX_ROWS = 50_000
+AUTO_RF_MAX_ROWS = 20_000
+AUTO_MAX_RANDOM_TRIALS = 60
+AUTO_ENSEMBLE_ROUNDS = 25
+AUTO_MAX_MEMBERS = 6
+AUTO_ONE_THREAD_CELLS = 2_000_000  # rows x features below which every fit uses one thread
+ID_NAMES = frozenset({"id", "rownames", "rowname", "index", "row", "row_id", "rowid", "unnamed: 0", "key", "uuid"})
+LEAK_SAMPLE_ROWS = 5000
+IMBALANCE_SHARE = 0.10
+SEARCH_METRICS = {"regression": "R\u00b2", "binary": "ROC AUC", "multiclass": "log loss"}
+FAMILY_LABELS = {
+    "lightgbm": "LightGBM",
+    "xgboost": "XGBoost",
+    "extra_trees": "Extra trees",
+    "random_forest": "Random forest",
+}
+
+# Ordered: a near-default first, then settings known to do well on tabular benchmarks
+# (AutoGluon's LightGBM/XGBoost presets and TabRepo's zero-shot portfolio), cheap ones early.
+LGBM_PORTFOLIO: tuple[dict, ...] = (
+    {"learning_rate": 0.1, "num_leaves": 31},  # LightGBM's defaults, early-stopped: fast and rarely bad
+    {"learning_rate": 0.05, "num_leaves": 31},
+    {"learning_rate": 0.03, "num_leaves": 128, "min_child_samples": 3, "colsample_bytree": 0.9},
+    {"learning_rate": 0.05, "num_leaves": 31, "extra_trees": True},
+    {
+        "learning_rate": 0.03, "num_leaves": 15, "min_child_samples": 10, "colsample_bytree": 0.7,
+        "subsample": 0.8, "subsample_freq": 1, "reg_lambda": 1.0,
+    },
+    {
+        "learning_rate": 0.02, "num_leaves": 63, "min_child_samples": 20, "colsample_bytree": 0.5,
+        "subsample": 0.7, "subsample_freq": 1, "reg_alpha": 0.1, "reg_lambda": 5.0, "cat_smooth": 20,
+    },
+    {"learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 30, "colsample_bytree": 0.8, "reg_lambda": 2.0},
+)
+XGB_PORTFOLIO: tuple[dict, ...] = (
+    {"max_depth": 6, "learning_rate": 0.05, "subsample": 0.8, "colsample_bytree": 0.8},
+    {"max_depth": 8, "learning_rate": 0.03, "colsample_bytree": 0.6, "min_child_weight": 3, "reg_lambda": 2.0},
+)
+
+
+def search_kind(task: str, n_classes: int) -> str:
+    return "regression" if task == "regression" else ("binary" if n_classes == 2 else "multiclass")
+
+
+def search_score(kind: str, y: Any, pred: Any, n_classes: int = 0) -> float:
+    """The search metric (R², ROC AUC or log loss) of predictions; nan when undefined."""
+    sk = _require("sklearn.metrics", "Evaluation")
+    np = _require("numpy", "Evaluation")
+    try:
+        if kind == "regression":
+            return float(sk.r2_score(y, pred))
+        if kind == "binary":
+            return float(sk.roc_auc_score(y, pred)) if len(np.unique(y)) == 2 else math.nan
+        proba = np.clip(np.asarray(pred, dtype="float64"), 1e-15, 1)
+        proba = proba / proba.sum(axis=1, keepdims=True)
+        return float(sk.log_loss(y, proba, labels=list(range(n_classes))))
+    except ValueError:
+        return math.nan
+
+
+def search_loss(kind: str, y: Any, pred: Any, n_classes: int = 0) -> float:
+    """Lower is better, for every kind."""
+    score = search_score(kind, y, pred, n_classes)
+    if math.isnan(score):
+        return math.inf
+    return score if kind == "multiclass" else -score
+
+
+def auto_time_budget(requested: int, n_rows: int, n_features: int) -> int:
+    """The requested budget, scaled down for small files: 20 s plus 1 s per 1,000 cells."""
+    scaled = 20 + n_rows * max(1, n_features) / 1000
+    return int(max(AUTO_MIN_BUDGET_S, min(requested, math.ceil(scaled))))
+
+
+def search_configs(n_rows: int, seed: int = 0) -> list[dict]:
+    """The ordered trial list: fixed portfolio first, then seeded random LightGBM settings.
+
+    It depends only on the row count, never on the data, so cross-validation folds can replay
+    exactly the trials the final search ran.
+    """
+    import importlib.util
+    import random
+
+    has_xgb = importlib.util.find_spec("xgboost") is not None
+    lgb = [{"family": "lightgbm", "params": dict(p)} for p in LGBM_PORTFOLIO]
+    xgb = [{"family": "xgboost", "params": dict(p)} for p in XGB_PORTFOLIO] if has_xgb else []
+    configs = [lgb[0], lgb[2]]
+    configs += xgb[:1]
+    configs += [lgb[3], lgb[1]]
+    if n_rows <= AUTO_FOREST_MAX_ROWS:
+        configs.append({"family": "extra_trees", "params": {"n_estimators": 300}})
+    configs += [lgb[4], lgb[5]] + xgb[1:] + [lgb[6]]
+    if n_rows <= AUTO_RF_MAX_ROWS:
+        configs.append({"family": "random_forest", "params": {"n_estimators": 300}})
+    rng = random.Random(seed)
+    for _ in range(AUTO_MAX_RANDOM_TRIALS):
+        params = {
+            "learning_rate": round(math.exp(rng.uniform(math.log(0.01), math.log(0.1))), 4),
+            "num_leaves": rng.choice([7, 15, 31, 63, 127, 255]),
+            "min_child_samples": rng.choice([2, 5, 10, 20, 40, 80]),
+            "colsample_bytree": round(rng.uniform(0.4, 1.0), 2),
+            "subsample": round(rng.uniform(0.5, 1.0), 2),
+            "subsample_freq": 1,
+            "reg_lambda": round(math.exp(rng.uniform(math.log(1e-3), math.log(10))), 4),
+            "reg_alpha": rng.choice([0.0, 0.01, 0.1, 1.0]),
+            "extra_trees": rng.random() < 0.25,
+        }
+        configs.append({"family": "lightgbm", "params": params})
+    return configs
+
+
+class SearchClock:
+    """The search deadline, stop_early and cancel, checked inside fits and between trials."""
+
+    def __init__(
+        self, ctx: JobContext, deadline: float, honour_stop: bool = True, hard_deadline: float = math.inf
+    ) -> None:
+        self.ctx = ctx
+        self.deadline = deadline
+        self.honour_stop = honour_stop
+        self.hard_deadline = hard_deadline  # what cuts even the first trial short
+
+    def expired(self) -> bool:
+        self.ctx.checkpoint()  # cancel discards the job
+        if self.honour_stop and self.ctx.stop_event.is_set():
+            return True
+        return time.monotonic() >= self.deadline
+
+    def stop_requested(self) -> bool:
+        """Cancel (raises), stop_early or the hard deadline: what may cut the first trial short."""
+        self.ctx.checkpoint()
+        return (self.honour_stop and self.ctx.stop_event.is_set()) or time.monotonic() >= self.hard_deadline
+
+    def seconds_left(self) -> int:
+        return max(0, int(self.deadline - time.monotonic()))
+
+
+def _member_input(family: str, X: Any, schema: list[dict]) -> Any:
+    return design_matrix("random_forest", X, schema) if family in ("extra_trees", "random_forest") else X
+
+
+def search_threads(n_rows: int, n_features: int) -> int:
+    """1 thread for small data: OpenMP threads on a busy machine cost far more than they give."""
+    return 1 if n_rows * max(1, n_features) < AUTO_ONE_THREAD_CELLS else (os.cpu_count() or 1)
+
+
+def _lgbm_model(task: str, params: dict, n_estimators: int, threads: int = 1) -> Any:
+    lgb = _require("lightgbm", "LightGBM")
+    cls = lgb.LGBMClassifier if task == "classification" else lgb.LGBMRegressor
+    return cls(n_estimators=n_estimators, random_state=42, verbose=-1, n_jobs=threads, **params)
+
+
+def _xgb_model(task: str, params: dict, n_estimators: int, early_stop: bool, threads: int = 1) -> Any:
+    xgb = _require("xgboost", "XGBoost")
+    cls = xgb.XGBClassifier if task == "classification" else xgb.XGBRegressor
+    return cls(
+        n_jobs=threads,
+        n_estimators=n_estimators,
+        tree_method="hist",
+        enable_categorical=True,
+        max_cat_to_onehot=1,
+        random_state=42,
+        early_stopping_rounds=AUTO_EARLY_STOP_ROUNDS if early_stop else None,
+        **params,
+    )
+
+
+def _forest_model(family: str, task: str, params: dict, n_rows: int) -> Any:
+    ensemble = _require("sklearn.ensemble", "Training")
+    impute = _require("sklearn.impute", "Training")
+    pipeline = _require("sklearn.pipeline", "Training")
+    classification = task == "classification"
+    if family == "extra_trees":
+        cls = ensemble.ExtraTreesClassifier if classification else ensemble.ExtraTreesRegressor
+    else:
+        cls = ensemble.RandomForestClassifier if classification else ensemble.RandomForestRegressor
+    extra = {"max_features": "sqrt" if classification else 1.0}
+    if n_rows > 10_000:
+        extra["min_samples_leaf"] = 2
+    model = cls(n_jobs=search_threads(n_rows, 10), random_state=42, **extra, **params)
+    return pipeline.Pipeline(
+        [("impute", impute.SimpleImputer(strategy="median", keep_empty_features=True)), ("model", model)]
+    )
+
+
+def fit_member(
+    config: dict,
+    task: str,
+    X_tr: Any,
+    y_tr: Any,
+    X_va: Any,
+    y_va: Any,
+    schema: list[dict],
+    clock: SearchClock,
+    may_truncate: bool = True,
+) -> tuple[Any, int | None]:
+    """One trial: (fitted model, trees kept by early stopping or None).
+
+    The deadline cuts a boosting fit short only when ``may_truncate`` (never the first trial,
+    whose model must be complete); stop_early and cancel always do.
+    """
+    family, params = config["family"], config["params"]
+
+    def out_of_time() -> bool:
+        return clock.expired() if may_truncate else clock.stop_requested()
+
+    if family == "lightgbm":
+        lgb = _require("lightgbm", "LightGBM")
+        model = _lgbm_model(task, params, AUTO_MAX_TREES, search_threads(*X_tr.shape))
+
+        def stop_at_deadline(env: Any) -> None:
+            if env.iteration % 10 == 0 and out_of_time():
+                raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+
+        import warnings
+
+        with warnings.catch_warnings():  # lightgbm 4.6+ renames eval_set; the pinned 4.5 has only eval_set
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*eval_set.*")
+            model.fit(
+                X_tr,
+                y_tr,
+                eval_set=[(X_va, y_va)],
+                callbacks=[lgb.early_stopping(AUTO_EARLY_STOP_ROUNDS, verbose=False), stop_at_deadline],
+            )
+        best = int(getattr(model, "best_iteration_", 0) or model.n_estimators_)
+        return model, max(1, best)
+    if family == "xgboost":
+        xgb = _require("xgboost", "XGBoost")
+
+        class StopAtDeadline(xgb.callback.TrainingCallback):  # type: ignore[name-defined]
+            def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+                return epoch % 10 == 0 and out_of_time()
+
+        model = _xgb_model(task, params, AUTO_MAX_TREES, early_stop=True, threads=search_threads(*X_tr.shape))
+        model.set_params(callbacks=[StopAtDeadline()])
+        model.fit(X_tr, y_tr, eval_set=[(X_va, y_va)], verbose=False)
+        model.set_params(callbacks=None)  # a model that pickles without our callback class
+        best_round = getattr(model, "best_iteration", None)
+        return model, max(1, int(best_round) + 1) if best_round is not None else int(model.n_estimators)
+    model = _forest_model(family, task, params, len(X_tr))
+    model.fit(_member_input(family, X_tr, schema), y_tr)
+    return model, None
+
+
+def member_predict(member: dict, X: Any, schema: list[dict], kind: str, n_classes: int) -> Any:
+    """Predictions in search form: numbers (regression), P(class 1) (binary), (n, k) probabilities."""
+    np = _require("numpy", "Prediction")
+    model = member["model"]
+    data = _member_input(member["family"], X, schema)
+    if kind == "regression":
+        return np.asarray(model.predict(data), dtype="float64")
+    proba = np.asarray(model.predict_proba(data), dtype="float64")
+    fitted = [int(c) for c in getattr(model, "classes_", range(proba.shape[1]))]
+    full = np.zeros((len(X), n_classes), dtype="float64")
+    full[:, fitted] = proba
+    return full[:, 1] if kind == "binary" else full
+
+
+def ensemble_predict(ensemble: dict, X: Any, schema: list[dict]) -> Any:
+    """The weighted mean of the members' predictions (search form)."""
+    total = None
+    for member in ensemble["members"]:
+        pred = member["weight"] * member_predict(member, X, schema, ensemble["kind"], ensemble["n_classes"])
+        total = pred if total is None else total + pred
+    return total
+
+
+def greedy_ensemble(kind: str, y: Any, preds: list[Any], n_classes: int) -> list[float]:
+    """Caruana's ensemble selection with replacement: a weight per trial (summing to 1)."""
+    losses = [search_loss(kind, y, p, n_classes) for p in preds]
+    counts = [0] * len(preds)
+    best = min(range(len(preds)), key=lambda i: losses[i])
+    counts[best] = 1
+    current = preds[best]
+    candidates = sorted(range(len(preds)), key=lambda i: losses[i])[:12]  # the rest rarely helps
+    best_loss = losses[best]
+    for step in range(1, AUTO_ENSEMBLE_ROUNDS):
+        scored = [(search_loss(kind, y, (current * step + preds[i]) / (step + 1), n_classes), i) for i in candidates]
+        loss, pick = min(scored)
+        counts[pick] += 1
+        current = (current * step + preds[pick]) / (step + 1)
+        best_loss = min(best_loss, loss)
+    weights = [c / sum(counts) for c in counts]
+    kept = sorted(range(len(weights)), key=lambda i: -weights[i])[:AUTO_MAX_MEMBERS]
+    total = sum(weights[i] for i in kept)
+    return [weights[i] / total if i in kept else 0.0 for i in range(len(weights))]
+
+
+def _inner_split(X: Any, y: Any, task: str) -> tuple:
+    ms = _require("sklearn.model_selection", "Training")
+    np = _require("numpy", "Training")
+    stratify = None
+    if task == "classification":
+        counts = np.bincount(y)
+        if counts[counts > 0].min() >= 2 and math.ceil(len(y) * AUTO_INNER_VALID) >= (counts > 0).sum():
+            stratify = y
+    return ms.train_test_split(X, y, test_size=AUTO_INNER_VALID, random_state=7, stratify=stratify)
+
+
+def small_for_cv(n_rows: int, n_features: int, n_classes: int) -> bool:
+    """Whether a table is small enough for k-fold trials and a cross-validated evaluation."""
+    cells = n_rows * max(1, n_features) * (n_classes if n_classes > 2 else 1)
+    return n_rows < AUTO_CV_MAX_ROWS and cells <= AUTO_CV_MAX_CELLS
+
+
+def _inner_parts(X: Any, y: Any, task: str, k_fold: bool) -> list[tuple]:
+    """(X_tr, X_va, y_tr, y_va) parts the trials are scored on: one split, or k folds on small data.
+
+    Small data gets AUTO_CV_FOLDS folds (out-of-fold predictions choose the ensemble far more
+    reliably than a fifth of a few hundred rows).
+    """
+    if not k_fold:
+        return [tuple(_inner_split(X, y, task))]
+    ms = _require("sklearn.model_selection", "Training")
+    np = _require("numpy", "Training")
+    if task == "classification" and np.bincount(y)[np.bincount(y) > 0].min() >= AUTO_CV_FOLDS:
+        folds = ms.StratifiedKFold(AUTO_CV_FOLDS, shuffle=True, random_state=7).split(X, y)
+    else:
+        folds = ms.KFold(AUTO_CV_FOLDS, shuffle=True, random_state=7).split(X)
+    return [(X.iloc[tr], X.iloc[va], y[tr], y[va]) for tr, va in folds]
+
+
+def run_search(
+    X: Any,
+    y: Any,
+    task: str,
+    kind: str,
+    n_classes: int,
+    schema: list[dict],
+    configs: list[dict],
+    clock: SearchClock,
+    report: Callable[[int, float, str, int], None] | None = None,
+) -> dict:
+    """Trials in order until the clock runs out (at least one); returns the chosen spec.
+
+    The spec: members (config, trees, weight, the model fitted on the (last) inner training part)
+    and the trials run, so a refit or a cross-validation fold can repeat it.
+    """
+    np = _require("numpy", "Training")
+    parts = _inner_parts(X, y, task, small_for_cv(len(X), len(schema), n_classes))
+    y_va = np.concatenate([p[3] for p in parts]) if len(parts) > 1 else parts[0][3]
+    trials: list[dict] = []
+    preds: list[Any] = []
+    best_loss, best_label = math.inf, ""
+    configs_run = 0
+    for number, config in enumerate(configs, start=1):
+        if trials and clock.expired():
+            break
+        configs_run = number
+        try:
+            fold_preds: list[Any] = []
+            fold_trees: list[int] = []  # trees kept per fold (boosting families only)
+            for X_tr, X_va, y_tr, _y in parts:
+                model, trees = fit_member(config, task, X_tr, y_tr, X_va, _y, schema, clock, bool(trials))
+                member = {"family": config["family"], "model": model}
+                fold_preds.append(member_predict(member, X_va, schema, kind, n_classes))
+                if trees is not None:
+                    fold_trees.append(trees)
+            pred = np.concatenate(fold_preds) if len(parts) > 1 else fold_preds[0]
+            trees = int(round(sum(fold_trees) / len(fold_trees))) if fold_trees else None
+        except JobCancelled:
+            raise
+        except Exception as exc:  # one failing configuration never ends the search
+            log.info("trial %d (%s) failed: %s", number, config["family"], exc)
+            continue
+        loss = search_loss(kind, y_va, pred, n_classes)
+        trials.append({"config": config, "trees": trees, "model": model, "loss": loss})
+        preds.append(pred)
+        if loss < best_loss:
+            best_loss, best_label = loss, FAMILY_LABELS[config["family"]]
+        if report:
+            report(number, best_loss, best_label, clock.seconds_left())
+    if not trials:
+        raise JobError("internal", "No model could be trained on this data.")
+    weights = greedy_ensemble(kind, y_va, preds, n_classes)
+    members = [
+        {**{k: trials[i][k] for k in ("config", "trees", "model")}, "family": trials[i]["config"]["family"], "weight": w}
+        for i, w in enumerate(weights)
+        if w > 0
+    ]
+    return {"members": members, "trials": len(trials), "configs_run": configs_run, "families": sorted({t["config"]["family"] for t in trials})}
+
+
+def refit_spec(spec: dict, task: str, X: Any, y: Any, schema: list[dict], ctx: JobContext) -> list[dict]:
+    """The chosen members fitted again on all the given rows (trees from early stopping × 1.1)."""
+    members = []
+    for m in spec["members"]:
+        ctx.checkpoint()
+        family, params = m["family"], m["config"]["params"]
+        if family in ("lightgbm", "xgboost"):
+            trees = max(1, int(round(m["trees"] * AUTO_REFIT_TREES)))
+            threads = search_threads(*X.shape)
+            model = (
+                _lgbm_model(task, params, trees, threads)
+                if family == "lightgbm"
+                else _xgb_model(task, params, trees, False, threads)
+            )
+            model.fit(X, y)
+        else:
+            model = _forest_model(family, task, params, len(X))
+            model.fit(_member_input(family, X, schema), y)
+        members.append({"family": family, "weight": m["weight"], "model": model, "params": params})
+    return members
+
+
+def describe_choice(members: list[dict]) -> str:
+    if len(members) == 1:
+        return FAMILY_LABELS[members[0]["family"]]
+    counts: dict[str, int] = {}
+    for m in members:
+        label = FAMILY_LABELS[m["family"]]
+        counts[label] = counts.get(label, 0) + 1
+    parts = [f"{label} \u00d7{n}" if n > 1 else label for label, n in counts.items()]
+    return f"ensemble of {len(members)} ({', '.join(parts)})"
+
+
+def _default_lgbm_pred(task: str, kind: str, n_classes: int, X_tr: Any, y_tr: Any, X_te: Any) -> Any:
+    lgb = _require("lightgbm", "LightGBM")
+    cls = lgb.LGBMClassifier if task == "classification" else lgb.LGBMRegressor
+    model = cls(verbose=-1, random_state=42, n_jobs=search_threads(*X_tr.shape))
+    model.fit(X_tr, y_tr)
+    return member_predict({"family": "lightgbm", "model": model}, X_te, [], kind, n_classes)
+
+
+def _baseline_pred(kind: str, n_classes: int, y_tr: Any, n: int) -> Any:
+    np = _require("numpy", "Evaluation")
+    if kind == "regression":
+        return np.full(n, float(np.mean(y_tr)))
+    prior = np.bincount(y_tr, minlength=n_classes).astype("float64")
+    prior = (prior + 1e-3) / (prior + 1e-3).sum()
+    if kind == "binary":
+        # the majority class ranks no row above another: ROC AUC 0.5 (one constant for every fold)
+        return np.full(n, 0.5)
+    return np.tile(prior, (n, 1))
+
+
+def ensemble_importances(members: list[dict], schema: list[dict]) -> list[float]:
+    """Gain importance shares, weighted over the members."""
+    total = [0.0] * len(schema)
+    for m in members:
+        family = m["family"]
+        model = m["model"]
+        try:
+            if family == "lightgbm":
+                raw = raw_importances(model, "lightgbm", schema)
+            elif family == "xgboost":
+                raw = raw_importances(model, "xgboost", schema)
+            else:
+                raw = raw_importances(model, "random_forest", schema)
+        except Exception:  # noqa: BLE001 - importance is a nicety
+            continue
+        s = sum(v for v in raw if math.isfinite(v))
+        if s > 0:
+            for i, v in enumerate(raw):
+                total[i] += m["weight"] * v / s
+    return total
+
+
+def _search_reporter(ctx: JobContext, kind: str, low: float, high: float, budget_s: float) -> Callable:
+    metric = SEARCH_METRICS[kind]
+
+    def report(trial: int, best_loss: float, best_label: str, seconds_left: int) -> None:
+        score = best_loss if kind == "multiclass" else -best_loss
+        shown = round_float(score, 4)
+        done = 1 - seconds_left / budget_s if budget_s else 1
+        ctx.progress(
+            low + (high - low) * max(0.0, min(1.0, done)),
+            "training",
+            f"Trial {trial} \u00b7 best {metric} {shown} ({best_label}) \u00b7 {seconds_left} s left",
+            search={
+                "trial": trial,
+                "best_score": shown,
+                "metric": metric,
+                "best_model": best_label,
+                "seconds_left": seconds_left,
+            },
+        )
+
+    return report
+
+
+def train_auto(
+    ctx: JobContext, X: Any, y: Any, task: str, classes: list | None, schema: list[dict], p: dict, warnings: list[str]
+) -> tuple[dict, dict, dict]:
+    """Search, evaluate honestly, refit on all rows.
+
+    Returns (the model to save, the result fields, metrics on held-out/out-of-fold rows).
+    """
+    np = _require("numpy", "Training")
+    ms = _require("sklearn.model_selection", "Training")
+    n_classes = len(classes or [])
+    kind = search_kind(task, n_classes)
+    metric = SEARCH_METRICS[kind]
+    n = len(X)
+    budget = auto_time_budget(p["time_budget_s"], n, len(schema))
+    if budget < p["time_budget_s"]:
+        warnings.append(
+            f"The search got {budget} s instead of {p['time_budget_s']} s: {fmt_int(n)} rows do not need more."
+        )
+    configs = search_configs(n)
+    start = time.monotonic()
+    stopped = False
+    hard = start + AUTO_HARD_LIMIT * budget
+    if not small_for_cv(n, len(schema), n_classes):
+        method = "holdout"
+        X_tr, X_te, y_tr, y_te = _split(X, y, task, p["test_size"], warnings)
+        clock = SearchClock(ctx, start + 0.6 * budget, hard_deadline=hard)
+        report = _search_reporter(ctx, kind, 35, 75, clock.deadline - start)
+        spec = run_search(X_tr, y_tr, task, kind, n_classes, schema, configs, clock, report)
+        stopped = ctx.stop_event.is_set()
+        ctx.progress(78, "evaluating", f"Evaluating on {fmt_int(len(X_te))} held-out rows\u2026", force=True)
+        ensemble = {"kind": kind, "n_classes": n_classes, "members": spec["members"]}
+        pred = ensemble_predict(ensemble, X_te, schema)
+        default_pred = _default_lgbm_pred(task, kind, n_classes, X_tr, y_tr, X_te)
+        base_pred = _baseline_pred(kind, n_classes, y_tr, len(y_te))
+        y_eval = y_te
+        n_train, n_test = len(X_tr), len(X_te)
+    else:
+        method = "cv"
+        clock = SearchClock(ctx, start + 0.45 * budget, hard_deadline=hard)
+        report = _search_reporter(ctx, kind, 35, 60, clock.deadline - start)
+        spec = run_search(X, y, task, kind, n_classes, schema, configs, clock, report)
+        stopped = ctx.stop_event.is_set()
+        replay = configs[: spec["configs_run"]]  # the same trials, in the same order, in every fold
+        fold_budget = max(1.0, (start + 0.9 * budget - time.monotonic()) / AUTO_CV_FOLDS)
+        if task == "classification" and np.bincount(y)[np.bincount(y) > 0].min() >= AUTO_CV_FOLDS:
+            folds = ms.StratifiedKFold(AUTO_CV_FOLDS, shuffle=True, random_state=42).split(X, y)
+        else:
+            folds = ms.KFold(AUTO_CV_FOLDS, shuffle=True, random_state=42).split(X)
+        shape = (n,) if kind != "multiclass" else (n, n_classes)
+        pred, default_pred, base_pred = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        for k, (tr, te) in enumerate(folds, start=1):
+            ctx.progress(60 + 4 * k, "evaluating", f"Cross-validating the search: fold {k} of {AUTO_CV_FOLDS}\u2026", force=True)
+            X_tr, X_te, y_tr = X.iloc[tr], X.iloc[te], y[tr]
+            # a fold that runs out of time keeps fewer trials: the estimate can only be pessimistic
+            fold_clock = SearchClock(ctx, time.monotonic() + fold_budget, honour_stop=False, hard_deadline=hard)
+            fold_spec = run_search(X_tr, y_tr, task, kind, n_classes, schema, replay, fold_clock)
+            fold_members = refit_spec(fold_spec, task, X_tr, y_tr, schema, ctx)
+            pred[te] = ensemble_predict({"kind": kind, "n_classes": n_classes, "members": fold_members}, X_te, schema)
+            default_pred[te] = _default_lgbm_pred(task, kind, n_classes, X_tr, y_tr, X_te)
+            base_pred[te] = _baseline_pred(kind, n_classes, y_tr, len(te))
+        y_eval = y
+        n_train, n_test = n, n
+    score = search_score(kind, y_eval, pred, n_classes)
+    comparison = {
+        "default_lightgbm": round_float(search_score(kind, y_eval, default_pred, n_classes)),
+        "baseline": round_float(search_score(kind, y_eval, base_pred, n_classes)),
+        "baseline_name": "mean" if kind == "regression" else "majority class",
+    }
+    ctx.progress(86, "training", f"Refitting the chosen model on all {fmt_int(n)} rows\u2026", force=True)
+    members = refit_spec(spec, task, X, y, schema, ctx)
+    model = {"format": "statsbot-ensemble", "kind": kind, "n_classes": n_classes, "members": members}
+    metrics, extra = _auto_metrics(kind, task, y_eval, pred, classes)
+    fields = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "evaluation": {
+            "method": method,
+            "rows": int(len(y_eval)),
+            "metric": metric,
+            "score": round_float(score),
+            "higher_is_better": kind != "multiclass",
+        },
+        "comparison": comparison,
+        "search": {
+            "trials": spec["trials"],
+            "families": [FAMILY_LABELS[f] for f in spec["families"]],
+            "chosen": describe_choice(members),
+            "ensemble": len(members) > 1,
+            "stopped_early": stopped,
+            "time_budget_s": budget,
+            "seconds": round(time.monotonic() - start, 1),
+        },
+        "refit_on_all_rows": True,
+        **extra,
+    }
+    return model, fields, metrics
+
+
+def _auto_metrics(kind: str, task: str, y: Any, pred: Any, classes: list | None) -> tuple[dict, dict]:
+    """The usual metrics (and chart data) from search-form predictions."""
+    np = _require("numpy", "Evaluation")
+    if kind == "regression":
+        metrics = regression_metrics(y, pred)
+        rng = np.random.default_rng(0)
+        idx = np.arange(len(y))
+        if len(idx) > PRED_VS_ACTUAL_POINTS:
+            idx = np.sort(rng.choice(idx, PRED_VS_ACTUAL_POINTS, replace=False))
+        return metrics, {"predicted_vs_actual": [[round_float(pred[i]), round_float(y[i])] for i in idx]}
+    n_classes = len(classes or [])
+    proba = np.column_stack([1 - pred, pred]) if kind == "binary" else pred
+    labels = proba.argmax(axis=1)
+    metrics = classification_metrics(y, labels, proba, n_classes)
+    metrics["log_loss"] = round_float(search_score("multiclass", y, proba, n_classes))
+    extra: dict = {}
+    if classes is not None and n_classes <= CONFUSION_MAX_LABELS:
+        sk = _require("sklearn.metrics", "Evaluation")
+        matrix = sk.confusion_matrix(y, labels, labels=list(range(n_classes)))
+        extra["confusion_matrix"] = {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
+    return metrics, extra
 
 
 # --------------------------------------------------------------------------- jobs: predict
@@ -2181,10 +3189,10 @@ class RunningStats:
         std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
         return {
             "count": self.n,
-            "mean": round_float(self.mean),
-            "std": round_float(std),
-            "min": round_float(self.min),
-            "max": round_float(self.max),
+            "mean": round_significant(self.mean),
+            "std": round_significant(std),
+            "min": round_significant(self.min),
+            "max": round_significant(self.max),
         }
 
 
@@ -2297,6 +3305,13 @@ def predict_frame(estimator: Any, metadata: dict, chunk: Any) -> tuple[Any, Any]
     """(predictions, probabilities or None) for one chunk, decoded to the original labels."""
     np = _require("numpy", "Prediction")
     schema = metadata["feature_schema"]
+    if metadata["model_type"] == "auto":
+        pred = ensemble_predict(estimator, prepare_features(chunk, schema), schema)
+        if metadata["task_type"] == "regression":
+            return np.asarray(pred, dtype="float64"), None
+        full = np.column_stack([1 - pred, pred]) if estimator["kind"] == "binary" else pred
+        labels = np.asarray(metadata["classes"], dtype=object)[full.argmax(axis=1)]
+        return labels, full
     X = design_matrix(metadata["model_type"], prepare_features(chunk, schema), schema)
     if metadata["task_type"] == "regression":
         return np.asarray(estimator.predict(X), dtype="float64"), None
@@ -2309,6 +3324,76 @@ def predict_frame(estimator: Any, metadata: dict, chunk: Any) -> tuple[Any, Any]
     return labels, full
 
 
+WHY_COLUMNS = 3
+
+
+def _booster_contrib(family: str, model: Any, X: Any, n_features: int) -> Any:
+    """Per-row, per-class feature contributions (n, k, features) of a LightGBM/XGBoost model."""
+    np = _require("numpy", "Explaining predictions")
+    if family == "lightgbm":
+        raw = np.asarray(model.predict(X, pred_contrib=True), dtype="float64")
+    else:
+        xgb = _require("xgboost", "Explaining predictions")
+        raw = np.asarray(
+            model.get_booster().predict(xgb.DMatrix(X, enable_categorical=True), pred_contribs=True),
+            dtype="float64",
+        )
+    raw = raw.reshape(len(X), -1, n_features + 1)  # (n, classes or 1, features + bias)
+    return raw[:, :, :n_features]
+
+
+def prediction_contributions(
+    estimator: Any, metadata: dict, features: Any, class_index: Any
+) -> tuple[Any | None, str | None]:
+    """(n, features) contributions of each feature to each row's prediction, or (None, why not).
+
+    Regression: in the target's units. Classification: log-odds of the predicted class
+    (``class_index``, indices into the model's classes). An auto ensemble adds its boosting
+    members' contributions by their weights.
+    """
+    np = _require("numpy", "Explaining predictions")
+    schema = metadata["feature_schema"]
+    n_features = len(schema)
+    model_type = metadata["model_type"]
+    if model_type == "auto":
+        members = [(m["family"], m["model"], m["weight"]) for m in estimator["members"]]
+    else:
+        members = [(model_type, estimator, 1.0)]
+    members = [m for m in members if m[0] in ("lightgbm", "xgboost")]
+    if not members:
+        return None, "this model has no contribution output (only LightGBM and XGBoost models do)"
+    n_classes = len(metadata.get("classes") or [])
+    rows = np.arange(len(features))
+    total = np.zeros((len(features), n_features), dtype="float64")
+    weight_sum = sum(w for _, _, w in members)
+    for family, model, weight in members:
+        contrib = _booster_contrib(family, model, features, n_features)
+        if contrib.shape[1] == 1:  # regression, or binary (towards class 1)
+            values = contrib[:, 0, :]
+            if n_classes == 2:
+                values = np.where((np.asarray(class_index) == 1)[:, None], values, -values)
+        elif contrib.shape[1] == n_classes:
+            values = contrib[rows, np.asarray(class_index, dtype="int64"), :]
+        else:  # a member fitted without every class: its columns do not line up
+            continue
+        total += values * (weight / weight_sum)
+    return total, None
+
+
+def why_texts(contrib: Any, names: list[str], top: int = WHY_COLUMNS) -> list[list[str]]:
+    """The top contributions of each row as 'feature: +0.123' texts, largest first: top lists of n."""
+    np = _require("numpy", "Explaining predictions")
+    order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
+    columns = []
+    for k in range(min(top, contrib.shape[1])):
+        idx = order[:, k]
+        vals = contrib[np.arange(len(contrib)), idx]
+        columns.append([f"{names[i]}: {v:+.4g}" for i, v in zip(idx.tolist(), vals.tolist())])  # noqa: B905
+    while len(columns) < top:
+        columns.append([""] * len(contrib))
+    return columns
+
+
 def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
     """Predict a local file in chunks, writing every row to a CSV; returns a small summary."""
     started = time.monotonic()
@@ -2317,6 +3402,9 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
     path, fmt = check_input_file(
         ctx.params.get("file_path"), s.allowed_roots, s.max_file_bytes, s.root_aliases
     )
+    explain = ctx.params.get("explain", False)
+    if not isinstance(explain, bool):
+        raise JobError("invalid_params", "explain must be true or false.")
     metadata, estimator = load_model(s.models_dir, model_id, s.paths.home)
     header = read_columns(path, fmt)
     missing = [f for f in metadata["features"] if f not in header]
@@ -2337,6 +3425,19 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
     pred_col = _unique_name("prediction", set(header))
     proba_cols = [_unique_name(f"proba_{c}", set(header)) for c in classes] if classification else []
     out_columns = [pred_col] + proba_cols
+    warnings: list[str] = []
+    why_cols: list[str] = []
+    if explain and metadata["model_type"] not in ("lightgbm", "xgboost", "auto"):
+        explain = False
+        warnings.append(
+            f"No why_ columns: a {MODEL_LABELS.get(metadata['model_type'], 'model')} has no contribution output "
+            "(LightGBM, XGBoost and auto models do)."
+        )
+    if explain:
+        taken = set(header) | set(out_columns)
+        for i in range(1, WHY_COLUMNS + 1):
+            why_cols.append(_unique_name(f"why_{i}", taken))
+            taken.add(why_cols[-1])
     sample_inputs = header[:8]
     sample_rows: list[list] = []
     stats = RunningStats()
@@ -2351,6 +3452,8 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
                 ctx.checkpoint()
                 labels, proba = predict_frame(estimator, metadata, chunk)
                 added = {pred_col: labels, **{col: proba[:, i].round(6) for i, col in enumerate(proba_cols)}}
+                if why_cols:
+                    added.update(_why_columns(estimator, metadata, chunk, proba, why_cols, warnings))
                 out = _pandas().concat([chunk, _pandas().DataFrame(added, index=chunk.index)], axis=1)
                 sink.write(out)
                 if classification:
@@ -2390,14 +3493,31 @@ def job_predict(ctx: JobContext, chunk_rows: int = PREDICT_CHUNK_ROWS) -> dict:
         "rows": done,
         "output_path": str(output),
         "columns": [short_name(c) for c in shown_columns],
-        "n_columns": len(header) + len(out_columns),
+        "n_columns": len(header) + len(out_columns) + len(why_cols),
         "sample": {
             "columns": [short_name(c) for c in sample_inputs + shown_columns],
             "rows": [[row[i] for i in keep] for row in sample_rows],
         },
         "summary": summary,
         "duration_s": round(time.monotonic() - started, 2),
+        **({"why_columns": [short_name(c) for c in why_cols]} if why_cols else {}),
+        **({"warnings": list(dict.fromkeys(warnings))} if warnings else {}),
     }
+
+
+def _why_columns(
+    estimator: Any, metadata: dict, chunk: Any, proba: Any, why_cols: list[str], warnings: list[str]
+) -> dict:
+    """why_1..why_3 texts for one chunk (empty when the model gives no contributions)."""
+    schema = metadata["feature_schema"]
+    features = prepare_features(chunk, schema)
+    class_index = proba.argmax(axis=1) if proba is not None else [0] * len(chunk)
+    contrib, problem = prediction_contributions(estimator, metadata, features, class_index)
+    if contrib is None:
+        warnings.append(f"No why_ columns: {problem}.")
+        return {col: [""] * len(chunk) for col in why_cols}
+    texts = why_texts(contrib, [e["name"] for e in schema], len(why_cols))
+    return {col: texts[i] for i, col in enumerate(why_cols)}
 
 
 # --------------------------------------------------------------------------- jobs: models on disk
@@ -2433,6 +3553,7 @@ def list_models(models_dir: Path, home: Path | None = None) -> tuple[list[dict],
                     "main_metric": meta.get("main_metric"),
                     "metrics": meta.get("metrics"),
                     "refused": model_problem(entry, meta, anchor),
+                    **model_details(entry, meta),
                 }
             )
         except (OSError, ValueError) as exc:
@@ -2440,6 +3561,60 @@ def list_models(models_dir: Path, home: Path | None = None) -> tuple[list[dict],
             warnings.append(f"Skipped {entry.name}: no readable metadata.json.")
     models.sort(key=lambda m: str(m.get("created_at") or ""), reverse=True)
     return models, warnings
+
+
+MODEL_NAME_MAX = 60
+
+
+def model_details(directory: Path, meta: dict) -> dict:
+    """What tells models apart in a list: the name the user gave, the training file's name (not its
+    folder) and the bytes the model's folder takes on disk."""
+    name = meta.get("name")
+    training_file = meta.get("training_file")
+    size = 0
+    for item in directory.iterdir():
+        try:
+            info = os.lstat(item)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            size += info.st_size
+    return {
+        "name": short_text(name, MODEL_NAME_MAX) if isinstance(name, str) and name else None,
+        "source_file": short_name(re.split(r"[\\/]", training_file)[-1]) if isinstance(training_file, str) else None,
+        "size_bytes": size,
+    }
+
+
+def clean_model_name(raw: Any) -> str:
+    """A display name: one line of at most MODEL_NAME_MAX printable characters."""
+    if not isinstance(raw, str):
+        raise JobError("invalid_params", "name must be text.")
+    name = " ".join(raw.split())
+    if not name:
+        raise JobError("invalid_params", "The new name is empty.")
+    if len(name) > MODEL_NAME_MAX or not name.isprintable():
+        raise JobError("invalid_params", f"A model name is one line of at most {MODEL_NAME_MAX} characters.")
+    return name
+
+
+def rename_model(models_dir: Path, model_id: Any, raw_name: Any) -> str:
+    """Give a model a display name, kept in its metadata.json. Its model_id (the folder) stays, so
+    buttons and scripts that use the id keep working; only a folder this worker saved is changed."""
+    name = clean_model_name(raw_name)
+    directory = model_dir_for(models_dir, validate_model_id(model_id))
+    if os.path.islink(models_dir / model_id) or not directory.is_dir() or not is_worker_model(directory, model_id):
+        raise JobError("model_not_found", f"No model {model_id} saved by this worker on this machine.")
+    meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
+    meta["name"] = name
+    write_file_atomic(directory / "metadata.json", json.dumps(meta, indent=2).encode("utf-8"), 0o600)
+    return name
+
+
+def job_rename_model(ctx: JobContext) -> dict:
+    model_id = ctx.params.get("model_id")
+    name = rename_model(ctx.settings.models_dir, model_id, ctx.params.get("name"))
+    return {"model_id": model_id, "name": name}
 
 
 def job_list_models(ctx: JobContext) -> dict:
@@ -2512,9 +3687,11 @@ def job_autostart(ctx: JobContext) -> dict:
 JOB_ACTIONS: dict[str, Callable[[JobContext], dict]] = {
     "describe": job_describe,
     "train": job_train,
+    "check": job_check,
     "predict": job_predict,
     "list_models": job_list_models,
     "delete_model": job_delete_model,
+    "rename_model": job_rename_model,
     "autostart": job_autostart,
 }
 
@@ -2522,6 +3699,10 @@ JOB_ACTIONS: dict[str, Callable[[JobContext], dict]] = {
 # --------------------------------------------------------------------------- autostart
 
 SYSTEMD_UNIT = "statsbot-worker.service"
+XDG_ENTRY = "statsbot-worker.desktop"
+# Ends the one crontab line autostart adds (sh reads it as a comment); --autostart off removes
+# the lines that carry it, and only those.
+CRON_TAG = "# statsbot-worker autostart"
 LAUNCHD_LABEL = "com.statsbot.worker"
 WINDOWS_TASK = "StatsBotWorker"
 
@@ -2551,10 +3732,14 @@ class AutostartEnv:
     runner: Runner = run_command
     user: str = ""
     appdata: Path | None = None
+    desktop: bool = False  # a graphical session (XDG autostart entries run at its login)
+    config_home: Path | None = None  # $XDG_CONFIG_HOME
+    spawn: Callable[[list[str], dict[str, str]], None] | None = None  # start the worker now, detached
 
     @classmethod
     def current(cls, paths: Paths) -> AutostartEnv:
         appdata = os.environ.get("APPDATA")
+        config_home = os.environ.get("XDG_CONFIG_HOME")
         return cls(
             system=platform.system(),
             home=Path.home(),
@@ -2563,6 +3748,8 @@ class AutostartEnv:
             statsbot_home=paths.home,
             user=os.environ.get("USER") or os.environ.get("USERNAME") or "",
             appdata=Path(appdata) if appdata else None,
+            desktop=any(os.environ.get(v) for v in ("XDG_CURRENT_DESKTOP", "WAYLAND_DISPLAY", "DISPLAY")),
+            config_home=Path(config_home) if config_home and os.path.isabs(config_home) else None,
         )
 
     @property
@@ -2574,6 +3761,9 @@ class AutostartEnv:
 
     def launchd_path(self) -> Path:
         return self.home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+    def xdg_path(self) -> Path:
+        return (self.config_home or self.home / ".config") / "autostart" / XDG_ENTRY
 
     def launcher_path(self) -> Path:
         return self.statsbot_home / "statsbot-worker.cmd"
@@ -2685,7 +3875,7 @@ def install_autostart(env: AutostartEnv, start_now: bool = True) -> dict:
     """Install (idempotently) the login service for this OS; manual_steps when a command fails."""
     private_dir(env.log_dir)
     if env.system == "Linux":
-        return _install_systemd(env, start_now)
+        return _install_linux(env, start_now)
     if env.system == "Darwin":
         return _install_launchd(env, start_now)
     if env.system == "Windows":
@@ -2715,6 +3905,163 @@ def _install_systemd(env: AutostartEnv, start_now: bool) -> dict:
         message += " It runs while you are logged in; to keep it running after logout, run the step below."
         manual.append(f"loginctl enable-linger {env.user or '$USER'}")
     return _autostart_result(True, "systemd", path, message, manual)
+
+
+def _install_linux(env: AutostartEnv, start_now: bool) -> dict:
+    """systemd user service where there is a user bus; otherwise an XDG autostart entry (a desktop
+    session) or an @reboot crontab line. The result's message says which, and why."""
+    code, output = env.runner(["systemctl", "--user", "show-environment"])
+    if code == 0:
+        result = _install_systemd(env, start_now)
+        if result["enabled"]:
+            _remove_linux_fallbacks(env)  # one way to start, never two
+            return result
+        env.systemd_path().unlink(missing_ok=True)
+        why = result["message"].split(", but ", 1)[-1]
+    else:
+        why = "no systemd user session here: " + short_text(output.strip() or f"exit code {code}", 120)
+    return _install_linux_fallback(env, start_now, why)
+
+
+def worker_command(env: AutostartEnv) -> list[str]:
+    return [str(env.python), str(env.script), "--foreground"]
+
+
+def _desktop_quote(arg: str) -> str:
+    """One argument of a desktop entry's Exec key (freedesktop.org Desktop Entry spec)."""
+    quoted = '"' + "".join("\\" + ch if ch in '"`$\\' else ch for ch in arg) + '"'
+    # The string-level escape applies before the quoting rule: every backslash is doubled again.
+    return quoted.replace("\\", "\\\\").replace("%", "%%")
+
+
+def xdg_entry_text(env: AutostartEnv) -> str:
+    """An XDG autostart entry: the desktop starts the worker at login."""
+    command = ["env", f"STATSBOT_HOME={env.statsbot_home}", *worker_command(env)]
+    return (
+        "[Desktop Entry]\n"
+        "Type=Application\n"
+        "Name=StatsBot worker\n"
+        "Comment=Connects this machine to StatsBot (statsbot_worker.py --autostart off removes it)\n"
+        f"Exec={' '.join(_desktop_quote(a) for a in command)}\n"
+        "Terminal=false\n"
+        "NoDisplay=true\n"
+        "X-GNOME-Autostart-enabled=true\n"
+    )
+
+
+def cron_line(env: AutostartEnv) -> str:
+    """The @reboot crontab line (cron reads % as a newline, so it is escaped)."""
+    import shlex
+
+    log_file = env.log_dir / "worker.out.log"
+    command = " ".join(shlex.quote(a) for a in worker_command(env))
+    line = (
+        f"@reboot STATSBOT_HOME={shlex.quote(str(env.statsbot_home))} PYTHONUNBUFFERED=1 {command} "
+        f">>{shlex.quote(str(log_file))} 2>&1"
+    )
+    return line.replace("%", "\\%") + f" {CRON_TAG}"
+
+
+def _read_crontab(env: AutostartEnv) -> tuple[list[str] | None, str]:
+    """The user's crontab lines ([] when there is none yet), or None and why crontab cannot be used."""
+    code, output = env.runner(["crontab", "-l"])
+    if code == 0:
+        return output.splitlines(), ""
+    if code == 1 and "no crontab" in output.lower():
+        return [], ""
+    return None, short_text(output.strip() or f"exit code {code}", 120)
+
+
+def _write_crontab(env: AutostartEnv, lines: list[str]) -> tuple[int, str]:
+    """Replace the user's crontab with lines (through a private temporary file)."""
+    private_dir(env.statsbot_home)
+    temp = env.statsbot_home / f"crontab.{os.getpid()}.tmp"
+    write_file_atomic(temp, ("\n".join(lines) + "\n").encode("utf-8"), 0o600)
+    try:
+        return env.runner(["crontab", str(temp)])
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _start_detached(env: AutostartEnv) -> None:
+    """Start the worker now, in the background (a fallback starts it only at the next boot/login)."""
+    child_env = {**os.environ, "STATSBOT_HOME": str(env.statsbot_home), "PYTHONUNBUFFERED": "1"}
+    child_env.pop(TOKEN_ENV, None)
+    if env.spawn is not None:
+        env.spawn(worker_command(env), child_env)
+        return
+    subprocess.Popen(
+        worker_command(env),
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _install_linux_fallback(env: AutostartEnv, start_now: bool, why: str) -> dict:
+    started = " (started now)" if start_now else ""
+    if env.desktop:
+        path = env.xdg_path()
+        _write_if_changed(path, xdg_entry_text(env))
+        if start_now:
+            _start_detached(env)
+        return _autostart_result(
+            True,
+            "xdg-autostart",
+            path,
+            f"Autostart on: XDG autostart entry {path}, started when you log in to your desktop{started} "
+            f"(instead of a systemd user service: {why}).",
+        )
+    crontab_path = Path("crontab")
+    lines, problem = _read_crontab(env)
+    line = cron_line(env)
+    if lines is None:
+        return _autostart_result(
+            False,
+            "none",
+            crontab_path,
+            f"Could not set up autostart: {why}, and crontab cannot be used ({problem}).",
+            [f"Add this line with crontab -e: {line}"],
+        )
+    others = [x for x in lines if CRON_TAG not in x]
+    if lines != [*others, line]:  # already there as the last line: nothing to change
+        code, output = _write_crontab(env, [*others, line])
+        if code != 0:
+            return _autostart_result(
+                False,
+                "cron",
+                crontab_path,
+                f"Could not add the @reboot line to your crontab ({short_text(output, 150)}); {why}.",
+                [f"Add this line with crontab -e: {line}"],
+            )
+    if start_now:
+        _start_detached(env)
+    return _autostart_result(
+        True,
+        "cron",
+        crontab_path,
+        f"Autostart on: an @reboot line in your crontab starts the worker at boot{started} "
+        f"(instead of a systemd user service: {why}).",
+    )
+
+
+def _remove_linux_fallbacks(env: AutostartEnv) -> list[str]:
+    """Remove the XDG entry and this worker's crontab line, if there; returns what was removed."""
+    removed = []
+    path = env.xdg_path()
+    if path.exists():
+        path.unlink()
+        removed.append(f"the XDG autostart entry {path}")
+    lines, _ = _read_crontab(env)
+    if lines and any(CRON_TAG in x for x in lines):
+        code, output = _write_crontab(env, [x for x in lines if CRON_TAG not in x])
+        if code == 0:
+            removed.append("the @reboot line from your crontab")
+        else:
+            log.warning("could not remove the @reboot line from the crontab: %s", short_text(output, 200))
+    return removed
 
 
 def _install_launchd(env: AutostartEnv, start_now: bool) -> dict:
@@ -2772,14 +4119,23 @@ def remove_autostart(env: AutostartEnv) -> dict:
     """Remove the login service for this OS (nothing to do is fine)."""
     if env.system == "Linux":
         path = env.systemd_path()
+        removed: list[str] | bool
+        removed, method = [], "systemd"
         if path.exists():
             env.runner(["systemctl", "--user", "disable", "--now", SYSTEMD_UNIT])
             path.unlink()
             env.runner(["systemctl", "--user", "daemon-reload"])
+            removed.append("the systemd user service")
+        fallbacks = _remove_linux_fallbacks(env)
+        if fallbacks and not removed:
+            method = "xdg-autostart" if "XDG" in fallbacks[0] else "cron"
+            path = env.xdg_path() if method == "xdg-autostart" else Path("crontab")
+        removed += fallbacks
+        if removed:
             return _autostart_result(
-                False, "systemd", path, "Autostart off: removed the systemd user service."
+                False, method, path, "Autostart off: removed " + " and ".join(removed) + "."
             )
-        return _autostart_result(False, "systemd", path, "Autostart was already off.")
+        return _autostart_result(False, method, path, "Autostart was already off.")
     if env.system == "Darwin":
         path = env.launchd_path()
         if path.exists():
@@ -2878,7 +4234,7 @@ def _finite(value: Any) -> bool:
 
 def _bounded_rows(rows: Any) -> list:
     """At most SAMPLE_ROWS_MAX rows (lists or objects), every cell JSON-safe and cut to 60 characters."""
-    out = []
+    out: list[dict[str, Any] | list[Any]] = []
     for row in list(rows)[:SAMPLE_ROWS_MAX] if isinstance(rows, list) else []:
         if isinstance(row, dict):
             out.append({short_name(k): json_safe(v) for k, v in row.items()})
@@ -3220,11 +4576,16 @@ def create_private_env(
     console: Console,
     runner: Callable[[list], int] = subprocess.call,
     builder: Callable[[Path], None] | None = None,
+    quiet: bool = False,
 ) -> Path:
-    """Create ~/.statsbot/venv (if needed) and pip-install the requirements; returns its python."""
+    """Create ~/.statsbot/venv (if needed) and pip-install the requirements; returns its python.
+
+    quiet: the caller has already said what happens in one line (a repair), so no status lines.
+    """
     python = venv_python(venv_dir)
     if not python.exists():
-        console.status(f"Creating a private Python environment in {venv_dir}\u2026")
+        if not quiet:
+            console.status(f"Creating a private Python environment in {venv_dir}\u2026")
         try:
             (builder or _build_venv)(venv_dir)
         except (subprocess.CalledProcessError, OSError) as exc:
@@ -3234,7 +4595,8 @@ def create_private_env(
                 "(sudo apt install python3-venv), or install the packages yourself and use --no-install."
             ) from None
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
-    console.status("Installing " + ", ".join(requirements) + " (this can take a few minutes)\u2026")
+    if not quiet:
+        console.status("Installing " + ", ".join(requirements) + " (this can take a few minutes)\u2026")
     code = runner(cmd)
     if code != 0:
         raise RuntimeError(
@@ -3249,6 +4611,83 @@ def _build_venv(venv_dir: Path) -> None:
     venv.EnvBuilder(with_pip=True, clear=False, symlinks=os.name != "nt").create(str(venv_dir))
 
 
+REPAIRED_ENV = "STATSBOT_ENV_REPAIRED"  # set across the re-exec after a repair, so it is tried once
+
+# Run by the private environment's python: the package versions it sees, as JSON (nothing imported).
+_PROBE_CODE = (
+    "import importlib.util, json, sys\n"
+    "spec = importlib.util.spec_from_file_location('statsbot_worker_probe', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = module\n"
+    "spec.loader.exec_module(module)\n"
+    "print(json.dumps(module.package_versions()))\n"
+)
+
+
+def probe_env(python: Path, script: Path, timeout: float = 60.0) -> dict[str, str | None] | None:
+    """The package versions the private environment's python sees; None when it does not run."""
+    try:
+        proc = subprocess.run(
+            [str(python), "-c", _PROBE_CODE, str(script)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return None
+    try:
+        data = json.loads(lines[-1])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): (v if isinstance(v, str) else None) for k, v in data.items()}
+
+
+def requirements_named(names: list[str], requirements: list[str]) -> list[str]:
+    """The requirement lines (of requirements) for these distribution names."""
+    wanted = {name.lower() for name in names}
+    return [r for r in requirements if re.split(r"[=<>!~ ;\[]", r, maxsplit=1)[0].lower() in wanted]
+
+
+def _missing_text(missing: list[str], versions: dict[str, str | None]) -> str:
+    parts = [
+        f"{name} {versions[name]} is too old" if versions.get(name) else f"{name} is missing"
+        for name in missing
+    ]
+    return ", ".join(parts)
+
+
+def terminal_ask(prompt: str, stdin_isatty: bool | None = None) -> str | None:
+    """Ask the user on their terminal, even when standard input is the script (`curl ... | python3 -`).
+
+    Standard input when it is a terminal, else the terminal itself (/dev/tty on POSIX, the console
+    CONIN$/CONOUT$ on Windows); None when there is no terminal at all (a service, CI, ssh without -t).
+    """
+    if _stdin_isatty() if stdin_isatty is None else stdin_isatty:
+        try:
+            return input(prompt)
+        except EOFError:
+            return ""
+    names = ("CONIN$", "CONOUT$") if os.name == "nt" else ("/dev/tty", "/dev/tty")
+    try:
+        tty_in = open(names[0], encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        return None
+    try:
+        with tty_in, open(names[1], "w", encoding="utf-8", errors="replace") as tty_out:
+            tty_out.write(prompt)
+            tty_out.flush()
+            return tty_in.readline().rstrip("\r\n")
+    except OSError:
+        return None
+
+
 def ensure_packages(
     args: argparse.Namespace,
     paths: Paths,
@@ -3257,46 +4696,72 @@ def ensure_packages(
     *,
     stdin_isatty: bool,
     have_copy: bool,
-    input_fn: Callable[[str], str] = input,
+    ask_fn: Callable[[str], str | None] | None = None,
     create_env: Callable[..., Path] = create_private_env,
     exec_fn: Callable[[list[str]], None] = reexec,
+    probe: Callable[[Path, Path], dict[str, str | None] | None] = probe_env,
 ) -> int | None:
-    """None when everything needed is importable; otherwise install and re-exec, or an exit code."""
+    """None when everything needed is importable; otherwise install and re-exec, or an exit code.
+
+    In order: this *is* the private environment and it lacks packages -> repair it in place
+    (once) and restart; a private environment exists -> restart inside it without asking when
+    it is complete, repair it first (one line) when it is broken or outdated; none yet -> ask
+    on the terminal (even when stdin is the piped script), or install by default when there is
+    no terminal at all (the command came from the user's own chat). --no-install refuses all.
+    """
     missing = missing_required(versions)
     if not missing:
         return None
+    repaired = os.environ.pop(REPAIRED_ENV, None)
     reqs = requirements_for()
+    argv_again = sys.argv[1:]
+    if running_in_venv(paths.venv):
+        here = Path(sys.executable)
+        if repaired or args.no_install or not have_copy:
+            console.plain(
+                f"The worker's private environment ({paths.venv}) lacks: {_missing_text(missing, versions)}. "
+                f"Repair it with:\n  {pip_command(requirements_named(missing, reqs), str(here))}\n"
+                f"or delete {paths.venv} and run the worker again."
+            )
+            return EXIT_MISSING_PACKAGES
+        return _repair_env(paths, console, missing, versions, reqs, create_env, exec_fn, argv_again)
+    python = venv_python(paths.venv)
+    if have_copy and (python.exists() or python.is_symlink()):
+        env_versions = probe(python, paths.script)
+        env_missing = list(REQUIRED_PACKAGES) if env_versions is None else missing_required(env_versions)
+        if not env_missing:
+            console.status(f"Running in the worker's private environment ({paths.venv})")
+            exec_fn([str(python), str(paths.script)] + argv_again)
+            return EXIT_OK
+        if not args.no_install:
+            if env_versions is None:  # its python does not start (e.g. the base Python was removed)
+                shutil.rmtree(paths.venv, ignore_errors=True)
+                if paths.venv.exists() or python.is_symlink():
+                    console.plain(f"The private environment {paths.venv} is broken; delete it and run again.")
+                    return EXIT_ERROR
+            return _repair_env(
+                paths, console, env_missing, env_versions or {}, reqs, create_env, exec_fn, argv_again
+            )
     console.plain(
         "The StatsBot worker needs these Python packages, missing or too old here: "
         + ", ".join(missing)
         + "."
     )
-    if running_in_venv(paths.venv):
-        console.plain(
-            f"This is already the worker's private environment ({paths.venv}) and they are still missing. "
-            f"Repair it with:\n  {pip_command(reqs, str(venv_python(paths.venv)))}\n"
-            f"or delete {paths.venv} and run the worker again."
-        )
-        return EXIT_MISSING_PACKAGES
     if args.no_install:
         console.plain(f"Install them yourself, then run the worker again:\n  {pip_command(reqs)}")
         return EXIT_MISSING_PACKAGES
     if not args.yes:
-        offer = f"The worker can create a private environment in {paths.venv} and install: {' '.join(reqs)}."
-        if not stdin_isatty:
+        console.plain(
+            f"The worker can create a private environment in {paths.venv} and install: {' '.join(reqs)}."
+        )
+        ask = ask_fn or (lambda prompt: terminal_ask(prompt, stdin_isatty))
+        answer = ask("Create it and install them now? [Y/n] ")
+        if answer is None:
             console.plain(
-                offer
-                + "\nIt cannot ask you here (the input is not a terminal, e.g. the script is piped from "
-                "curl), so run the same command again with --yes to allow it, or install the packages "
-                f"yourself:\n  {pip_command(reqs)}"
+                f"There is no terminal to ask you in, so the worker installs them into {paths.venv} now "
+                "(the command came from your own chat; run it with --no-install to refuse)."
             )
-            return EXIT_MISSING_PACKAGES
-        console.plain(offer)
-        try:
-            answer = input_fn("Create it and install them now? [y/N] ")
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() not in ("y", "yes"):
+        elif answer.strip().lower() not in ("", "y", "yes"):
             console.plain(f"Nothing installed. To install them yourself:\n  {pip_command(reqs)}")
             return EXIT_MISSING_PACKAGES
     if not have_copy:
@@ -3311,7 +4776,34 @@ def ensure_packages(
         console.plain(str(exc))
         return EXIT_ERROR
     console.status("Restarting the worker in its private environment\u2026")
-    exec_fn([str(python), str(paths.script)] + sys.argv[1:])
+    exec_fn([str(python), str(paths.script)] + argv_again)
+    return EXIT_OK
+
+
+def _repair_env(
+    paths: Paths,
+    console: Console,
+    missing: list[str],
+    versions: dict[str, str | None],
+    reqs: list[str],
+    create_env: Callable[..., Path],
+    exec_fn: Callable[[list[str]], None],
+    argv: list[str],
+) -> int:
+    """Install what the private environment lacks (one line says what and why), then restart in it."""
+    fresh = not venv_python(paths.venv).exists()
+    wanted = reqs if fresh else requirements_named(missing, reqs)
+    why = "it no longer runs" if fresh else _missing_text(missing, versions)
+    console.status(
+        f"Repairing the worker's private environment in {paths.venv} ({why}): installing {' '.join(wanted)}"
+    )
+    try:
+        python = create_env(paths.venv, wanted, console, quiet=True)
+    except RuntimeError as exc:
+        console.plain(str(exc))
+        return EXIT_ERROR
+    os.environ[REPAIRED_ENV] = "1"
+    exec_fn([str(python), str(paths.script)] + argv)
     return EXIT_OK
 
 
@@ -3356,6 +4848,7 @@ class JobState:
     job_id: str
     action: str
     cancel: threading.Event = field(default_factory=threading.Event)
+    stop_early: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -3440,9 +4933,9 @@ class WorkerClient:
         self.unacked: OrderedDict[str, dict] = OrderedDict()
         self._acked: OrderedDict[str, None] = OrderedDict()
         self._ws: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop  # the three are made by run(), on its loop
         self._stop_event: asyncio.Event | None = None
-        self._send_lock: asyncio.Lock | None = None
+        self._send_lock: asyncio.Lock
         self._stopping = False
         self._outcome: Outcome | None = None
         self._auth_failure: dict | None = None
@@ -3774,6 +5267,11 @@ class WorkerClient:
             if state is not None:
                 state.cancel.set()
                 self.console.status(f"Job {state.job_id[:8]}: cancel requested")
+        elif kind == "stop_early":
+            state = self.running.get(str(msg.get("job_id")))
+            if state is not None:
+                state.stop_early.set()
+                self.console.status(f"Job {state.job_id[:8]}: stop and keep the best model requested")
         elif kind == "result_ack":
             job_id = str(msg.get("job_id"))
             if self.unacked.pop(job_id, None) is not None:
@@ -3831,15 +5329,22 @@ class WorkerClient:
         if problem:
             self._finish(job_id, error_result(job_id, "invalid_params", problem))
             return
-        if fn is None:
+        if fn is None or not isinstance(action, str) or not isinstance(params, dict):
             self._finish(job_id, error_result(job_id, "unsupported", f"This worker cannot do {action!r}."))
             return
         state = JobState(job_id, action)
         self.running[job_id] = state
         self.console.status(f"Job {job_id[:8]}: {_job_label(action, params)} started")
-        ctx = JobContext(job_id, params, self.settings, emit=self._emit_threadsafe, cancel_event=state.cancel)
+        ctx = JobContext(
+            job_id,
+            params,
+            self.settings,
+            emit=self._emit_threadsafe,
+            cancel_event=state.cancel,
+            stop_event=state.stop_early,
+        )
         future = self._loop.run_in_executor(self.executor, execute_job, fn, ctx)
-        future.add_done_callback(lambda f, s=state: self._job_done(s, f))
+        future.add_done_callback(functools.partial(self._job_done, state))
 
     def _emit_threadsafe(self, msg: dict) -> None:
         """Called from job threads: hand a progress message to the event loop."""

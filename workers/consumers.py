@@ -4,6 +4,10 @@ One connection per worker. The first frame must be ``auth``; after that the work
 ``progress``, ``result`` and ``ping`` frames, and the server sends ``job`` and ``cancel``
 frames. The database is the source of truth: channel-layer events only tell this consumer
 to look at it (``jobs.dispatch``) or to act on one job (``jobs.cancel``).
+
+An idle connection costs no database work: a ping is answered from memory and noted in
+``workers.presence``, which writes ``last_seen_at`` and looks for revocations and queued jobs
+for all of this process's connections in one batch every 20 s.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
-from channels.db import aclose_old_connections, database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import transaction
 
-from core import events
+from core import client_address, events
 from core.layer import worker_group
 from core.state_machine import InvalidTransition
 from jobs import services as jobs
 from jobs.models import Job
 from workers import protocol
 from workers.models import ConnectToken, Worker
+from workers.presence import db, presence
 from workers.protocol import CloseCode, ProtocolError
 from workers.script import download_url, is_outdated, latest_version
 from workers.services import notify_worker_event
@@ -31,16 +37,23 @@ from workers.services import notify_worker_event
 logger = logging.getLogger(__name__)
 
 AUTH_TIMEOUT = 10.0
+AUTH_LATE_SLACK = 0.5  # a deadline firing later than this (a congested loop) is extended by the delay
 HEARTBEAT_INTERVAL = 20
-SEEN_WRITE_EVERY = 30.0
 
 
 class FailedAuthThrottle:
-    """Slows down repeated failed auths from one address (per process; enough to blunt guessing)."""
+    """Slows down repeated failed auths from one address (per process; enough to blunt guessing).
+
+    Only failures count, so any number of workers behind one address (a NAT, a proxy) connect
+    freely. Once an address has ``LIMIT`` failures in the window it is refused before any secret
+    is looked at, each refusal after the full delay, and each refusal counts as another failure:
+    an address that keeps guessing stays refused.
+    """
 
     WINDOW = 60.0
     FREE = 3  # failures allowed before answers slow down
     LIMIT = 10  # failures before the address is refused for the rest of the window
+    MAX_DELAY = 5.0
 
     def __init__(self) -> None:
         self._failures: dict[str, deque[float]] = defaultdict(deque)
@@ -53,11 +66,15 @@ class FailedAuthThrottle:
         return failures
 
     def record(self, address: str) -> None:
-        self._recent(address).append(time.monotonic())
+        now = time.monotonic()
+        self._recent(address).append(now)
+        if len(self._failures) > 10_000:  # forget quiet addresses so the table stays small
+            for quiet in [a for a, f in self._failures.items() if not f or f[-1] < now - self.WINDOW]:
+                del self._failures[quiet]
 
     def delay(self, address: str) -> float:
         extra = len(self._recent(address)) - self.FREE
-        return min(5.0, 0.5 * 2 ** extra) if extra > 0 else 0.0
+        return min(self.MAX_DELAY, 0.5 * 2 ** extra) if extra > 0 else 0.0
 
     def refused(self, address: str) -> bool:
         return len(self._recent(address)) >= self.LIMIT
@@ -68,6 +85,7 @@ class FailedAuthThrottle:
 
 
 throttle = FailedAuthThrottle()
+pause = asyncio.sleep  # the consumer's only clock wait (tests read what it was asked to wait)
 
 
 class AuthRefused(Exception):
@@ -79,7 +97,10 @@ class AuthRefused(Exception):
 
 
 def _authenticate(frame: protocol.AuthFrame) -> tuple[Worker, str | None, str | None]:
-    """Returns (worker, new credential or None, the channel of a connection it replaces or None)."""
+    """Returns (worker, new credential or None, the channel of a connection it replaces or None).
+
+    A credential costs one query here (the worker with its account); ``_connect`` is the second.
+    """
     if "token" in frame:
         token = ConnectToken.consume(frame["token"])
         if token is None:
@@ -99,41 +120,97 @@ def _authenticate(frame: protocol.AuthFrame) -> tuple[Worker, str | None, str | 
             "invalid_credential",
             "This machine's credential was revoked or replaced. Send /connect to the bot to connect it again.",
         )
-    old_channel = known.channel_name or None
-    known.update_machine(frame["machine"])
-    return known, None, old_channel
+    return known, None, known.channel_name or None
 
 
-def _connect(worker: Worker, channel_name: str) -> bool:
-    """Mark the worker connected on ``channel_name``; raises AuthRefused if it was revoked meanwhile."""
+def _connect(worker: Worker, channel_name: str, machine: protocol.Machine | None = None) -> bool:
+    """Mark the worker connected on ``channel_name`` (one UPDATE, with the machine's report when
+    given); raises AuthRefused if it was revoked meanwhile."""
     try:
-        return worker.mark_connected(channel_name)
+        return worker.mark_connected(channel_name, machine)
     except InvalidTransition:
         raise AuthRefused(CloseCode.REVOKED, "invalid_credential", "This worker was revoked while connecting.") from None
 
 
+def _authenticate_and_connect(frame: protocol.AuthFrame, channel_name: str) -> tuple[Worker, str | None, str | None]:
+    """The auth of one connection: two database round trips for a credential (the reconnect of
+    every worker after a deploy, silent within the grace period), a few more for a one-time token
+    or when the user hears about it: then the new state and its notice are one transaction."""
+    worker, credential, old_channel = _authenticate(frame)
+    machine = None if credential else frame["machine"]
+    if not worker.would_announce_connection():
+        _connect(worker, channel_name, machine)
+        return worker, credential, old_channel
+    with transaction.atomic():
+        _connect(worker, channel_name, machine)
+        notify_worker_event(worker, "connected" if credential else "reconnected")
+    return worker, credential, old_channel
+
+
+def _reclaim(worker: Worker, channel_name: str) -> bool:
+    """This live connection's channel was cleared (the stale sweep ran while this process was too
+    busy to record heartbeats): take it back. Returns True when the user should hear about it."""
+    worker.refresh_from_db(fields=["channel_name", "connected_at", "disconnect_notified_at", "revoked_at"])
+    if worker.channel_name or worker.revoked_at is not None:
+        return False
+    announce = worker.mark_connected(channel_name)
+    if announce:
+        notify_worker_event(worker, "reconnected")
+    return announce
+
+
 class WorkerConsumer(AsyncJsonWebsocketConsumer):
     worker: Worker | None = None
+    group_joined_at = 0.0
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its hop to the thread-sensitive thread before every message
+        to close stale database connections: every database call here goes through ``db()``,
+        which closes them around itself. For an idle worker that hop was most of a ping's cost."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.worker = None
-        self.last_seen_write = 0.0
-        client = self.scope.get("client") or ("unknown", 0)
-        self.address = str(client[0])
+        self.address = client_address.of_scope(self.scope)
+        self.auth_deadline: asyncio.TimerHandle | None = None
         await self.accept()
-        self.auth_deadline = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, self._auth_timed_out)
+        # The auth timeout starts once the accept went out (the socket can be read), and time
+        # the server spends too busy to run this consumer does not count: see _auth_timed_out.
+        self._arm_auth_deadline(AUTH_TIMEOUT)
 
-    def _auth_timed_out(self) -> None:
-        if self.worker is None:
-            asyncio.ensure_future(self._refuse(CloseCode.AUTH_TIMEOUT, "auth_timeout", "No auth within 10 seconds."))
+    def _arm_auth_deadline(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.auth_deadline = loop.call_later(seconds, self._auth_timed_out, loop.time() + seconds)
+
+    def _auth_timed_out(self, due: float) -> None:
+        if self.worker is not None:
+            return
+        late = asyncio.get_running_loop().time() - due
+        if late > AUTH_LATE_SLACK:  # the loop was congested: the worker's frame may be waiting behind it
+            self._arm_auth_deadline(late)
+            return
+        asyncio.ensure_future(self._refuse(CloseCode.AUTH_TIMEOUT, "auth_timeout", "No auth within 10 seconds."))
 
     async def disconnect(self, code: int) -> None:
-        self.auth_deadline.cancel()
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
         if self.worker is None:
             return
+        presence().leave(self)
         await self.channel_layer.group_discard(worker_group(self.worker.account_id), self.channel_name)
-        still_ours = await database_sync_to_async(self.worker.mark_disconnected)(self.channel_name)
+        still_ours = await db(self.worker.mark_disconnected)(self.channel_name)
         logger.info("worker %s disconnected (code %s, current connection: %s)", self.worker.pk, code, still_ours)
+
+    @property
+    def worker_id(self) -> int:
+        return self._authenticated().pk
+
+    @property
+    def account_id(self) -> int:
+        return self._authenticated().account_id
 
     # Frames from the worker -------------------------------------------------------------
 
@@ -147,18 +224,19 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
                 await self._dispatch(data, len(text_data or ""))
         except ProtocolError as exc:
             await self._send_error(exc.code, exc.message, exc.job_id)
-            if self.worker is None:
+            if self.worker is None:  # before auth, a bad frame ends the connection at once
                 await self.close(code=CloseCode.BAD_AUTH_FRAME)
         except Exception:
             logger.exception("worker consumer: unexpected failure handling a frame")
             await self._send_error("internal", "The server could not handle this frame; it was logged.")
+            if self.worker is None:
+                await self.close(code=CloseCode.BAD_AUTH_FRAME)
 
     async def _dispatch(self, data: dict[str, Any], size: int) -> None:
         kind = data["type"]
-        if kind == "ping":
+        if kind == "ping":  # no database work: presence records it with everyone else's
             await self.send_json({"type": "pong"})
-            await self._touch()
-            await self._look_at_the_database()
+            presence().saw(self._authenticated().pk)
         elif kind == "progress":
             await self._handle_progress(protocol.parse_progress(data))
         elif kind == "result":
@@ -170,28 +248,32 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
 
     async def _handle_auth(self, data: dict[str, Any]) -> None:
         frame = protocol.parse_auth(data)
-        try:
-            worker, credential, old_channel = await database_sync_to_async(_authenticate)(frame)
-            announce = await database_sync_to_async(_connect)(worker, self.channel_name)
-        except AuthRefused as refusal:
-            # Only failures count: a valid secret is never refused, whoever shares the address.
+        if throttle.refused(self.address):
+            # Refused before any secret is looked at, and no faster than a failure: guessing
+            # from a throttled address learns nothing and gains no speed.
             throttle.record(self.address)
-            if throttle.refused(self.address):
-                await self._refuse(
-                    CloseCode.TOO_MANY_ATTEMPTS,
-                    "too_many_attempts",
-                    "Too many failed attempts from this address; try again later.",
-                    retry_after=throttle.retry_after(self.address),
-                )
-                return
-            await asyncio.sleep(throttle.delay(self.address))  # slows down guessing, not a sync point
+            await pause(throttle.MAX_DELAY)
+            await self._refuse(
+                CloseCode.TOO_MANY_ATTEMPTS,
+                "too_many_attempts",
+                "Too many failed attempts from this address; try again later.",
+                retry_after=throttle.retry_after(self.address),
+            )
+            return
+        try:
+            worker, credential, old_channel = await db(_authenticate_and_connect)(frame, self.channel_name)
+        except AuthRefused as refusal:
+            throttle.record(self.address)
+            await pause(throttle.delay(self.address))  # slows down guessing, not a sync point
             await self._refuse(refusal.close_code, refusal.code, refusal.message)
             return
-        self.auth_deadline.cancel()
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
         self.worker = worker
         if old_channel and old_channel != self.channel_name:
             await self.channel_layer.send(old_channel, events.worker_replaced())
-        await self.channel_layer.group_add(worker_group(worker.account_id), self.channel_name)
+        await self.presence_rejoin()
+        presence().join(self)
         outdated = is_outdated(worker.worker_version)
         response: dict[str, Any] = {
             "type": "auth_response",
@@ -215,22 +297,19 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
                     "message": f"Worker {worker.worker_version} is outdated; {latest_version()} is available.",
                 }
             )
-        if announce:
-            event = "connected" if credential else "reconnected"
-            await database_sync_to_async(notify_worker_event)(worker, event)
         logger.info("worker %s connected for account %s (%s)", worker.pk, worker.account_id, worker.machine_name)
-        frames = await database_sync_to_async(jobs.reconcile_after_reconnect)(worker, frame["running_jobs"])
+        frames = await db(jobs.reconcile_after_reconnect)(worker, frame["running_jobs"])
         for job in frames:
             await self.send_json(job)
 
     async def _handle_progress(self, frame: protocol.ProgressFrame) -> None:
         job = await self._own_job(frame["job_id"])
-        await database_sync_to_async(jobs.record_progress)(job, frame["progress"], frame["status"], frame["message"])
-        await self._touch()
+        await db(jobs.record_progress)(job, frame["progress"], frame["status"], frame["message"], frame.get("search"))
+        presence().saw(self._authenticated().pk)
 
     async def _handle_result(self, frame: protocol.ResultFrame, size: int) -> None:
         job = await self._own_job(frame["job_id"])
-        await database_sync_to_async(jobs.record_result)(
+        await db(jobs.record_result)(
             job,
             success=frame["success"],
             data=frame.get("data"),
@@ -239,20 +318,23 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
             size=size,
         )
         await self.send_json({"type": "result_ack", "job_id": frame["job_id"]})
-        await self._touch()
+        presence().saw(self._authenticated().pk)
 
-    async def _look_at_the_database(self) -> None:
-        """On every heartbeat: the database, not the doorbell, decides what this worker should do.
+    # What workers.presence asks of a held connection after its batched look at the database --
 
-        Channel-layer groups expire (a day by default) and a ring can be lost, so rejoin the
-        group, stop if the worker was revoked, and send whatever is queued for it.
-        """
-        worker = self._authenticated()
-        await self.channel_layer.group_add(worker_group(worker.account_id), self.channel_name)
-        if not await database_sync_to_async(Worker.objects.live().filter(pk=worker.pk).exists)():
-            await self.worker_revoked(events.worker_revoked("revoked"))
-            return
+    async def presence_revoked(self) -> None:
+        await self.worker_revoked(events.worker_revoked("revoked"))
+
+    async def presence_reclaim(self) -> None:
+        await db(_reclaim)(self._authenticated(), self.channel_name)
+
+    async def presence_dispatch(self) -> None:
         await self.jobs_dispatch(events.jobs_dispatch())
+
+    async def presence_rejoin(self) -> None:
+        """(Re)join the account's group: channel-layer groups expire (a day by default)."""
+        await self.channel_layer.group_add(worker_group(self._authenticated().account_id), self.channel_name)
+        self.group_joined_at = time.monotonic()
 
     def _authenticated(self) -> Worker:
         """The worker of this connection: frames after ``auth`` only get here."""
@@ -261,29 +343,26 @@ class WorkerConsumer(AsyncJsonWebsocketConsumer):
         return self.worker
 
     async def _own_job(self, job_id: str) -> Job:
-        job = await database_sync_to_async(jobs.job_for_worker)(self._authenticated(), job_id)
+        job = await db(jobs.job_for_worker)(self._authenticated(), job_id)
         if job is None:
             raise ProtocolError("unknown_job", "No such job for this worker.", job_id)
         return job
 
-    async def _touch(self) -> None:
-        now = time.monotonic()
-        if now - self.last_seen_write > SEEN_WRITE_EVERY:
-            self.last_seen_write = now
-            await database_sync_to_async(self._authenticated().mark_seen)()
-
     # Events from the channel layer ------------------------------------------------------
 
     async def jobs_dispatch(self, event: events.JobsDispatch) -> None:
-        await aclose_old_connections()
         if self.worker is None:
             return
-        for frame in await database_sync_to_async(jobs.claim_for_dispatch)(self.worker):
+        for frame in await db(jobs.claim_for_dispatch)(self.worker):
             await self.send_json(frame)
 
     async def jobs_cancel(self, event: events.JobsCancel) -> None:
         if self.worker is not None:
             await self.send_json({"type": "cancel", "job_id": event["job_id"]})
+
+    async def jobs_stop_early(self, event: events.JobsStopEarly) -> None:
+        if self.worker is not None:
+            await self.send_json({"type": "stop_early", "job_id": event["job_id"]})
 
     async def worker_replaced(self, event: events.WorkerReplaced) -> None:
         await self.send_json(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account
+from core import rows
 from core.secrets import hash_secret, new_secret
 from core.state_machine import InvalidTransition
+from workers.signals import worker_connected
 
 CONNECT_TOKEN_TTL = timedelta(minutes=5)
 
@@ -143,14 +146,20 @@ class Worker(models.Model):
 
     @classmethod
     def authenticate(cls, raw_credential: str) -> Worker | None:
+        """The live worker holding this credential, with its account, in one statement.
+
+        Every worker reconnects with its credential after a deploy, so this is hand-written SQL
+        (``core.rows``): the ORM's compilation of the join cost more than the query itself.
+        """
         if not raw_credential or len(raw_credential) > 128:
             return None
-        return (
-            cls.objects.live()
-            .select_related("account")
-            .filter(credential_hash=hash_secret(raw_credential))
-            .first()
-        )
+        row = rows.fetch_one(_authenticate_sql(connection.vendor), [hash_secret(raw_credential)])
+        if row is None:
+            return None
+        split = rows.width(Worker)
+        worker = rows.instance(Worker, row[:split])
+        worker.account = rows.instance(Account, row[split:])
+        return worker
 
     @staticmethod
     def machine_fields(machine: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,21 +186,30 @@ class Worker(models.Model):
     def update_machine(self, machine: Mapping[str, Any]) -> None:
         self._update_if_live(**self.machine_fields(machine))
 
-    def mark_connected(self, channel_name: str) -> bool:
-        """Record a new connection. Returns True when the user should hear about it.
+    def would_announce_connection(self) -> bool:
+        """Whether the user hears of this worker's next connection: its first, or the first after
+        a disconnect notice; a reconnect within the grace period is silent."""
+        return self.connected_at is None or self.disconnect_notified_at is not None
+
+    def mark_connected(self, channel_name: str, machine: Mapping[str, Any] | None = None) -> bool:
+        """Record a new connection (and what the worker reported about its machine, in the same
+        UPDATE). Returns True when the user should hear about it.
 
         They should on the first connection and after a disconnect notice was sent; a
         reconnect within the grace period is silent.
         """
         now = timezone.now()
-        announce = self.connected_at is None or self.disconnect_notified_at is not None
+        first = self.connected_at is None
+        announce = self.would_announce_connection()
         self._update_if_live(
+            **(self.machine_fields(machine) if machine is not None else {}),
             channel_name=channel_name,
             connected_at=now,
             last_seen_at=now,
             disconnected_at=None,
             disconnect_notified_at=None,
         )
+        worker_connected.send(sender=Worker, worker=self, at=now, first=first)
         return announce
 
     def mark_seen(self) -> None:
@@ -224,3 +242,14 @@ class Worker(models.Model):
         self.revoke_reason = reason
         self.save(update_fields=["revoked_at", "revoke_reason"])
 
+
+
+@cache
+def _authenticate_sql(vendor: str) -> str:
+    q = connection.ops.quote_name
+    return (
+        f"SELECT {', '.join(rows.select_list(Worker, 'w') + rows.select_list(Account, 'a'))} "
+        f"FROM {q(Worker._meta.db_table)} w INNER JOIN {q(Account._meta.db_table)} a "
+        f"ON a.{q('id')} = w.{q('account_id')} "
+        f"WHERE w.{q('credential_hash')} = %s AND w.{q('revoked_at')} IS NULL"
+    )

@@ -7,10 +7,14 @@ whose code and message go back to the worker in an ``error`` frame.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from typing import Any, Literal, NotRequired, TypedDict
 
 MAX_FRAME_BYTES = 1024 * 1024  # daphne's own default limit; we refuse over it too
+MAX_DEPTH = 64  # objects and lists inside one another (results nest a few levels)
+MAX_INT_DIGITS = 64  # Python's own limit (4,300 digits) fails with a ValueError, not a clear error
 
 
 class CloseCode:
@@ -49,12 +53,23 @@ class AuthFrame(TypedDict):
     running_jobs: list[str]
 
 
+class SearchState(TypedDict, total=False):
+    """An AutoML search as a progress frame tells it (all optional, each checked)."""
+
+    trial: int
+    best_score: float
+    metric: str
+    best_model: str
+    seconds_left: float
+
+
 class ProgressFrame(TypedDict):
     type: Literal["progress"]
     job_id: str
     progress: int
     status: str
     message: str
+    search: NotRequired[SearchState]
 
 
 class ResultFrame(TypedDict):
@@ -71,22 +86,95 @@ class PingFrame(TypedDict):
 
 
 def decode(text: str | None, binary: bytes | None) -> dict[str, Any]:
-    """One text frame → a JSON object, or a ProtocolError saying what is wrong with it."""
+    """One text frame → a JSON object as every text column can store it, or a ProtocolError
+    saying what is wrong with it: numbers finite and of reasonable size, nesting bounded, lone
+    surrogates (which no UTF-8 encoder writes) replaced by U+FFFD and NUL (which PostgreSQL text
+    refuses) removed from every string and key."""
     if binary is not None:
         raise ProtocolError("binary_frame", "Binary frames are not part of the protocol; send JSON text.")
     if text is None:
         raise ProtocolError("empty_frame", "Empty frame.")
-    if len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES:
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
+    text = valid_text(text)
+    if len(text.encode("utf-8")) > MAX_FRAME_BYTES:
         raise ProtocolError("frame_too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        data = json.loads(text, parse_constant=_no_constant, parse_int=_integer, parse_float=_float)
+    except RecursionError:
+        raise ProtocolError("too_deep", f"The frame is nested too deeply (at most {MAX_DEPTH} levels).") from None
+    except ProtocolError:
+        raise
+    except ValueError:
         raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_frame", "A frame must be a JSON object with a 'type'.")
+    if _depth(data) > MAX_DEPTH:
+        raise ProtocolError("too_deep", f"The frame is nested too deeply (at most {MAX_DEPTH} levels).")
+    if _ESCAPED_SURROGATE_OR_NUL.search(text):
+        data = _valid_strings(data)
     if not isinstance(data.get("type"), str):
         raise ProtocolError("invalid_frame", "A frame must have a string 'type'.")
     return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE_OR_NUL = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def valid_text(value: str) -> str:
+    """``value`` with lone surrogates replaced by U+FFFD and without NUL."""
+    if _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def _valid_strings(value: Any) -> Any:
+    """``valid_text`` applied to every string and key (escaped pairs were already joined by the parser)."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, list):
+        return [_valid_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {valid_text(key): _valid_strings(item) for key, item in value.items()}
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion; stops past the limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _no_constant(name: str) -> None:
+    raise ProtocolError("invalid_json", f"{name} is not a JSON number; send finite numbers.")
+
+
+def _integer(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ProtocolError(
+            "number_too_large",
+            f"A number in the frame has {digits} digits; at most {MAX_INT_DIGITS} are accepted "
+            "(send bigger values as strings).",
+        )
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError("number_too_large", f"The number {text[:40]} is too large (numbers must be finite).")
+    return value
 
 
 def _str(data: dict[str, Any], name: str, *, max_len: int = 500, required: bool = True) -> str:
@@ -142,13 +230,38 @@ def parse_progress(data: dict[str, Any]) -> ProgressFrame:
     progress = data.get("progress", 0)
     if isinstance(progress, bool) or not isinstance(progress, (int, float)):
         raise ProtocolError("invalid_field", "'progress' must be a number from 0 to 100.", job_id)
-    return {
+    frame: ProgressFrame = {
         "type": "progress",
         "job_id": job_id,
         "progress": int(max(0, min(100, progress))),
         "status": _str(data, "status", max_len=64, required=False),
         "message": _str(data, "message", max_len=500, required=False),
     }
+    if data.get("search") is not None:
+        frame["search"] = _search(data["search"], job_id)
+    return frame
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value and abs(value) < 1e300
+
+
+def _search(raw: Any, job_id: str) -> SearchState:
+    """The ``search`` of a progress frame: known fields of the right type, others dropped."""
+    if not isinstance(raw, dict):
+        raise ProtocolError("invalid_field", "'search' must be an object.", job_id)
+    search: SearchState = {}
+    if _finite(raw.get("trial")):
+        search["trial"] = int(max(0, min(10**9, raw["trial"])))
+    if _finite(raw.get("best_score")):
+        search["best_score"] = float(raw["best_score"])
+    if _finite(raw.get("seconds_left")):
+        search["seconds_left"] = float(max(0, min(10**7, raw["seconds_left"])))
+    if isinstance(raw.get("metric"), str):
+        search["metric"] = raw["metric"][:64]
+    if isinstance(raw.get("best_model"), str):
+        search["best_model"] = raw["best_model"][:64]
+    return search
 
 
 def parse_result(data: dict[str, Any]) -> ResultFrame:

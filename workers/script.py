@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -48,8 +49,17 @@ def load_script(public_url: str | None = None) -> WorkerScript:
     return WorkerScript(source=source.replace(SERVER_PLACEHOLDER, websocket_url(public_url)), version=version)
 
 
+_version_checked = (0.0, "")  # (monotonic time, version): every auth asks; the file rarely changes
+
+
 def latest_version() -> str:
-    return _load(SCRIPT_PATH.stat().st_mtime_ns)[1]
+    """The served script's version, looked up on disk at most once a second."""
+    global _version_checked
+    checked_at, version = _version_checked
+    if time.monotonic() - checked_at > 1.0:
+        version = _load(SCRIPT_PATH.stat().st_mtime_ns)[1]
+        _version_checked = (time.monotonic(), version)
+    return version
 
 
 def _version_key(version: str) -> tuple[int, ...]:

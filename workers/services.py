@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account
@@ -15,6 +16,7 @@ from core import events
 from core.layer import ring_channel
 from core.models import OutboxMessage
 from core.outbox import enqueue
+from jobs import services as job_services
 from workers.models import ConnectToken, Worker
 from workers.script import download_url
 
@@ -51,6 +53,8 @@ def live_worker(account: Account) -> Worker | None:
 def notify_worker_event(worker: Worker, event: str) -> None:
     """Tell the user about their worker: connected, reconnected, disconnected, replaced, revoked."""
     enqueue(worker.account, kind=OutboxMessage.Kind.WORKER, payload={"event": event, "worker_id": worker.pk})
+    if event in ("disconnected", "reconnected"):
+        job_services.announce_unfinished(worker.account)
 
 
 def revoke_worker(worker: Worker, reason: str) -> None:
@@ -61,6 +65,34 @@ def revoke_worker(worker: Worker, reason: str) -> None:
         if channel:
             ring_channel(channel, events.worker_revoked(reason))
     logger.info("worker %s revoked (%s)", worker.pk, reason)
+
+
+def mark_stale_workers(stale_after: float | None = None) -> int:
+    """Workers marked connected whose heartbeats stopped are disconnected now.
+
+    A web process killed with ``kill -9`` never runs its disconnect handlers: its workers stay
+    "online" on a channel nobody reads. Every web process writes ``last_seen_at`` of its
+    connected workers at least every ``workers.presence.FLUSH_EVERY`` seconds, so a worker not
+    seen for ``stale_after`` seconds has no live connection. The worker counts as gone since it
+    was last seen, so the disconnect notice and the lost-job rule run on their usual graces,
+    once each. Run at startup and on every sweep.
+    """
+    stale_after = settings.WORKER_STALE_AFTER if stale_after is None else stale_after
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_after)
+    count = 0
+    stale = Worker.objects.live().exclude(channel_name="").filter(
+        Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True, connected_at__lt=cutoff)
+    )
+    for worker in stale.only("pk", "channel_name", "last_seen_at", "connected_at"):
+        # Conditional on what was read: a heartbeat or a reconnect in between wins.
+        if Worker.objects.filter(pk=worker.pk, channel_name=worker.channel_name,
+                                 last_seen_at=worker.last_seen_at).update(
+            channel_name="", disconnected_at=worker.last_seen_at or worker.connected_at or now
+        ):
+            logger.info("worker %s: no heartbeat since %s; marked disconnected", worker.pk, worker.last_seen_at)
+            count += 1
+    return count
 
 
 def announce_disconnects(grace: float | None = None) -> int:

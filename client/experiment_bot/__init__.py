@@ -12,6 +12,9 @@
     for epoch in bot.track_progress(range(100)):
         ...
 
+    from experiment_bot import tqdm                 # a tqdm that also reports to the chat
+    model.fit(..., callbacks=[experiment_bot.keras.Callback()])   # also .lightning, .hf
+
 Importing this package is cheap: nothing is read, started or imported until first use.
 """
 
@@ -30,18 +33,22 @@ __all__ = [
     "Run",
     "attach",
     "bot",
+    "catch",
     "flush",
     "log_metrics",
     "notify",
     "setup",
     "track",
     "track_progress",
+    "tqdm",
+    "trange",
     "ExperimentBotError",
     "ConfigurationError",
     "DeliveryError",
     "PairingError",
     "ApiError",
     "TransportError",
+    "StopRequested",
     "__version__",
 ]
 
@@ -55,8 +62,10 @@ if TYPE_CHECKING:
         DeliveryError,
         ExperimentBotError,
         PairingError,
+        StopRequested,
         TransportError,
     )
+    from .tqdm_compat import tqdm, trange
     from .tracker import ProcessTracker, Run
 
     bot: ExperimentBot
@@ -74,7 +83,13 @@ _LAZY = {
     "PairingError": ("errors", "PairingError"),
     "ApiError": ("errors", "ApiError"),
     "TransportError": ("errors", "TransportError"),
+    "StopRequested": ("errors", "StopRequested"),
+    "tqdm": ("tqdm_compat", "tqdm"),
+    "trange": ("tqdm_compat", "trange"),
 }
+#: Framework callbacks, reachable as ``experiment_bot.keras.Callback`` after a plain ``import
+#: experiment_bot``; importing the module imports no framework (the class is built on first use).
+_SUBMODULES = ("keras", "lightning", "hf")
 
 
 def _default_bot() -> ExperimentBot:
@@ -108,6 +123,10 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{module_name}", __name__), attribute)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -135,6 +154,11 @@ def track_progress(
 ) -> Any:
     """``bot.track_progress`` on the module-level bot."""
     return _default_bot().track_progress(iterable, total=total, every=every, name=name)
+
+
+def catch(*args: Any, **kwargs: Any) -> Any:
+    """``bot.catch`` on the module-level bot (context manager or decorator)."""
+    return _default_bot().catch(*args, **kwargs)
 
 
 def log_metrics(step: Any = None, /, **values: Any) -> None:

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar, overload
 
 from . import config
@@ -18,6 +19,7 @@ from .transport import Transport
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .repeats import Repeats
 
 log = logging.getLogger("experiment_bot")
 
@@ -70,6 +72,10 @@ class ExperimentBot:
         self._timeout = timeout
         self._sender: Sender | None = None
         self._sender_lock = threading.Lock()
+        try:
+            self._cwd: Path | None = Path.cwd()  # where .env was found; re-read there if the key is refused
+        except OSError:
+            self._cwd = None
         if not self.settings.api_key and not self.settings.disabled:
             if self.settings.strict:
                 raise ConfigurationError(
@@ -123,7 +129,17 @@ class ExperimentBot:
                     max_delay=self._retry[1],
                     spool=Spool(self.settings.server, self.settings.api_key or ""),
                 )
+                if self.settings.api_key_source != "argument":  # a key given in code is not looked up again
+                    self._sender.key_refresh = self._reread_key
             return self._sender
+
+    def _reread_key(self, current: str) -> tuple[str, str] | None:
+        """After the server refused ``current``: another key in the environment, ``.env`` or the
+        config file, as found from the directory the bot was created in."""
+        found = config.reread_key(current, cwd=self._cwd, config_path=self.settings.config_path)
+        if found is not None:  # validate() and the spool follow the key the sender switches to
+            self.settings.api_key, self.settings.api_key_source = found
+        return found
 
     def _enqueue(self, envelope: Envelope) -> bool:
         if not self.enabled:
@@ -272,6 +288,7 @@ class ExperimentBot:
         heartbeat_interval: float | None = None,
         total: int | None = None,
         metadata: dict[str, Any] | None = None,
+        actions: dict[str, Callable[[], Any]] | None = None,
     ) -> ProcessTracker: ...
 
     def track(
@@ -285,6 +302,7 @@ class ExperimentBot:
         heartbeat_interval: float | None = None,
         total: int | None = None,
         metadata: dict[str, Any] | None = None,
+        actions: dict[str, Callable[[], Any]] | None = None,
     ) -> Any:
         """Track a process: ``@bot.track``, ``@bot.track(name=..., tags=[...])`` or
         ``with bot.track("name", tags=[...], parent=run) as run:``.
@@ -292,6 +310,10 @@ class ExperimentBot:
         ``parent``: a :class:`Run`, a process uuid, or None for a top-level process; by
         default the enclosing run of this thread (else of the main thread, else the uuid in
         ``$EXPERIMENT_BOT_PARENT`` inherited from a parent process).
+
+        The run's messages in Telegram carry ⏹ Stop (and ⏸ Pause with progress). ``actions``
+        (``{"lr ×0.5": fn}``) adds buttons whose taps call ``fn()`` in this process at the
+        next step (``track_progress`` or ``run.checkpoint()``).
         """
         self._check()
         if callable(name_or_func):
@@ -303,6 +325,7 @@ class ExperimentBot:
                 heartbeat_interval=heartbeat_interval,
                 total=total,
                 metadata=metadata,
+                actions=actions,
             )(name_or_func)
         if name_or_func is not None and name is not None:
             raise TypeError("track(): give the name once")
@@ -314,7 +337,16 @@ class ExperimentBot:
             heartbeat_interval=heartbeat_interval,
             total=total,
             metadata=metadata,
+            actions=actions,
         )
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ⏹ Stop was tapped in Telegram for an active run of this bot (poll it in
+        loops that do not use ``track_progress``)."""
+        from .tracker import stop_requested
+
+        return stop_requested(self)
 
     def track_progress(
         self,
@@ -337,6 +369,50 @@ class ExperimentBot:
                 _warn_once(f"every:{every!r}", "experiment_bot: %s; using 10%%", exc)
                 every = "10%"
         return track_progress(self, iterable, total=total, every=every, name=name)
+
+    def catch(
+        self,
+        label: str | Callable[..., Any] | None = None,
+        /,
+        *,
+        iteration: int | None = None,
+        reraise: bool = False,
+        exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    ) -> Any:
+        """Report an exception of one loop step and go on: ``with bot.catch("step"): ...`` or
+        ``@bot.catch``. Repeats of the same error (type and line) edit one message with the
+        count, the first/last iteration (``iteration=``, else the enclosing ``track_progress``
+        item) and one traceback. ``reraise=True`` reports and re-raises."""
+        from .repeats import Catch
+
+        if callable(label):
+            return Catch(self, None, iteration=iteration, reraise=reraise, exceptions=exceptions)(label)
+        return Catch(self, label, iteration=iteration, reraise=reraise, exceptions=exceptions)
+
+    @property
+    def _repeats(self) -> Repeats:
+        repeats = self.__dict__.get("_repeats_store")
+        if repeats is None:
+            from .repeats import Repeats
+
+            repeats = self.__dict__.setdefault("_repeats_store", Repeats(self))
+        return repeats
+
+    def _send_repeat(self, group: str, text: str, process_id: str | None) -> None:
+        """Queue one (edited) message of ``bot.catch()``: the same ``group`` edits the same message."""
+        if not self._check():
+            return
+        body: dict[str, Any] = {
+            "text": text,
+            "level": "error",
+            "format": "markdown",
+            "process_id": process_id,
+            "metadata": {},
+            "group": group,
+        }
+        envelope = Envelope("/api/notify", body, kind="notify", priority=CRITICAL, coalesce=group)
+        envelope.extra_fields.append("group")
+        self._enqueue(envelope)
 
     def _start_auto_run(self, name: str | None, total: int | None) -> Run:
         return ProcessTracker(self, name, total=total).start_run(auto=True)
@@ -375,6 +451,8 @@ class ExperimentBot:
             "metadata": {},
             "total": run.total,
         }
+        if run.actions:
+            body["actions"] = list(run.actions)
 
         def prepare(payload: dict[str, Any]) -> None:
             data = collect(include_git=settings.auto_git_info, include_system=settings.include_system_info)
@@ -399,12 +477,17 @@ class ExperimentBot:
             "metrics": {name: value for name, value in run.metrics.items() if value is not None},
             "exit_reason": run.exit_reason,
         }
+        if run.diagnosis:
+            body["diagnosis"] = run.diagnosis
         self._enqueue(Envelope("/api/processes/finish", body, kind="finish", priority=CRITICAL))
 
     # ------------------------------------------------------------------ delivery control
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout``, default ``flush_timeout``) until queued messages are sent."""
+        repeats = self.__dict__.get("_repeats_store")
+        if repeats is not None:
+            repeats.flush()  # the latest counts of bot.catch()
         if self._sender is None:
             return True
         done = self._sender.flush(timeout)

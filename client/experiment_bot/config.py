@@ -228,7 +228,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
             return {}
     else:
         try:
-            import yaml  # type: ignore[import-untyped]
+            import yaml  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             log.warning("experiment_bot: ignoring %s: reading YAML needs `pip install PyYAML`", path)
             return {}
@@ -311,7 +311,7 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
 
 
 def _is_truthy(value: str | None) -> bool:
-    return bool(value) and value.strip().lower() in ("1", "true", "yes", "on")
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _apply_section(settings: Settings, section: Any, keys: dict[str, str], where: str) -> None:
@@ -421,3 +421,30 @@ def resolve(
                 continue
         setattr(settings, name, value)
     return settings
+
+
+def reread_key(
+    current: str,
+    *,
+    cwd: Path | None = None,
+    config_path: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[str, str] | None:
+    """A key other than ``current`` found now in ``$EXPERIMENT_BOT_KEY``, the ``.env`` files or the
+    config file (in that order), with where it came from; None when they still hold ``current``
+    or nothing. A running script calls this when the server refuses its key (after a rotation,
+    the user pastes the new key into ``.env`` and the script goes on with it)."""
+    env = dict(os.environ if environ is None else environ)
+    dirs = search_dirs(cwd)
+    dotenv = read_dotenv(dirs)
+    candidates = [(env.get(ENV_KEY, ""), f"${ENV_KEY}"), (dotenv.get(ENV_KEY, ""), ".env")]
+    path = config_path if config_path is not None else find_config_file(dirs)
+    if path is not None and path.is_file():
+        raw = load_config_file(path).get("api_key")
+        if isinstance(raw, str):
+            candidates.append((interpolate(raw, {**dotenv, **env}), str(path)))
+    for key, source in candidates:
+        key = key.strip()
+        if key and key != current:
+            return key, source
+    return None

@@ -40,3 +40,18 @@ class DeliveryError(ExperimentBotError):
 
 class PairingError(ExperimentBotError):
     """``setup()`` could not pair this machine (expired link, rejected key, server unreachable)."""
+
+
+class StopRequested(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+    """⏹ Stop was tapped in Telegram: raised at the run's next progress step (``track_progress``,
+    ``run.checkpoint()``).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` does not swallow it.
+    The ``with bot.track(...)`` block (or ``@bot.track`` function) of the stopped run ends there
+    quietly and the run is reported as "stopped from Telegram" with its last metrics; code after
+    the block runs normally (save the model, close files).
+    """
+
+    def __init__(self, run_uuid: str = "", name: str = "") -> None:
+        super().__init__(f"{name or 'the run'} was stopped from Telegram")
+        self.run_uuid = run_uuid

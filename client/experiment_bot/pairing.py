@@ -17,6 +17,17 @@ from .transport import Transport
 log = logging.getLogger("experiment_bot")
 
 
+NO_SERVER_HINT = (
+    "experiment_bot.setup(): no server is configured (nothing answers at {default}); pass yours with "
+    "experiment_bot.setup(server=\"https://YOUR-STATSBOT-HOST\") or EXPERIMENT_BOT_URL=https://YOUR-STATSBOT-HOST "
+    "(the bot's /start message shows the exact command)."
+)
+
+
+class _Unreachable(PairingError):
+    """No HTTP answer from the server at all."""
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -147,13 +158,24 @@ def setup(
     Without ``api_key``: registers, prints a link to open on your phone, waits until you press
     Start, then writes ``EXPERIMENT_BOT_KEY=…`` to ``.env`` (mode 0600, other lines kept).
     With ``api_key="exp_…"``: checks a pasted key with the server, then saves it.
-    Returns the key, or None when cancelled with Ctrl-C. Raises :class:`PairingError`.
+    Returns the key, or None when cancelled with Ctrl-C or when no server is configured and
+    the default one does not answer (one line then says how to pass it). Raises
+    :class:`PairingError`.
     """
     settings = config.resolve(server=server)
     server_url = settings.server
     server_explicit = server is not None or bool(os.environ.get(config.ENV_URL))
+    # Nothing configured: the development default is tried, and if nothing answers there one
+    # line says how to pass a server (instead of a traceback).
+    unconfigured = server is None and server_url == config.normalize_server(config.DEFAULT_SERVER)
     if api_key is not None:
-        return _setup_with_key(api_key.strip(), server_url, env_path, server_explicit)
+        try:
+            return _setup_with_key(api_key.strip(), server_url, env_path, server_explicit)
+        except _Unreachable:
+            if unconfigured:
+                _say(NO_SERVER_HINT.format(default=server_url))
+                return None
+            raise
 
     transport = Transport(server_url, None, timeout=15.0)
     hostname = socket.gethostname()
@@ -162,7 +184,12 @@ def setup(
         body["label"] = label
     try:
         _status, answer = transport.request("POST", "/api/register", body=body, auth=False)
-    except (ApiError, TransportError) as exc:
+    except TransportError as exc:
+        if unconfigured:
+            _say(NO_SERVER_HINT.format(default=server_url))
+            return None
+        raise PairingError(f"cannot start pairing with {server_url}: {exc}") from None
+    except ApiError as exc:
         raise PairingError(f"cannot start pairing with {server_url}: {exc}") from None
     link, poll_url = answer.get("link"), answer.get("poll_url")
     if not link or not poll_url:
@@ -194,7 +221,7 @@ def _setup_with_key(
             raise PairingError(f"the server rejected this key ({exc.message or exc.code})") from None
         raise PairingError(f"cannot validate the key with {server_url}: {exc}") from None
     except TransportError as exc:
-        raise PairingError(str(exc)) from None
+        raise _Unreachable(str(exc)) from None
     if answer.get("valid") is False:
         raise PairingError("the server says this key is not valid")
     account = answer.get("account") or {}

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from ._log import warn_once as _warn_once
+from .errors import StopRequested
+
+#: The exit_reason of a run ended by ⏹ Stop in the chat (the server words its messages by it).
+STOPPED_FROM_TELEGRAM = "stopped from Telegram"
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -155,6 +159,8 @@ def classify(exc: BaseException | None) -> tuple[str, str | None]:
     """(status, exit_reason) for the way a run ended."""
     if exc is None:
         return "succeeded", None
+    if isinstance(exc, StopRequested):
+        return "cancelled", STOPPED_FROM_TELEGRAM
     if isinstance(exc, signals.SignalExit):
         return "cancelled", exc.signal_name
     if isinstance(exc, KeyboardInterrupt):

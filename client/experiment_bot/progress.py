@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeVar
+
+from .errors import StopRequested
 
 if TYPE_CHECKING:
     from .client import ExperimentBot
@@ -77,6 +80,22 @@ class ProgressSchedule:
         return self.mode == "percent"
 
 
+_loops = threading.local()  # per thread: the index cells of the active track_progress loops
+
+
+def current_iteration() -> int | None:
+    """The index (0-based) of the item the innermost ``track_progress`` loop of this thread is on."""
+    cells = getattr(_loops, "cells", None)
+    return cells[-1][0] if cells else None
+
+
+def _drop(cells: list[list[int]], cell: list[int]) -> None:
+    for index in range(len(cells) - 1, -1, -1):
+        if cells[index] is cell:
+            del cells[index]
+            return
+
+
 def _length(iterable: Any) -> int | None:
     try:
         return len(iterable)
@@ -94,7 +113,10 @@ def track_progress(
     """Yield the items of ``iterable`` and send progress heartbeats.
 
     Attaches to the active tracked process of this thread, or starts (and finishes) one of
-    its own when there is none.
+    its own when there is none. After each item it acts on the chat's buttons: runs tapped
+    actions, waits while paused, raises :class:`StopRequested` after ⏹ Stop; all three only
+    in the run's own thread (a loop in a worker attached to the main thread's run goes on:
+    see ``Run.checkpoint``).
     """
     from .tracker import current_run
 
@@ -112,27 +134,38 @@ def track_progress(
         run.set_progress(0, total, send=False)
     done = 0
     last_sent = -1
+    cell = [0]
+    cells = _loops.__dict__.setdefault("cells", [])
+    cells.append(cell)
     try:
         for item in iterable:
+            cell[0] = done
             yield item
             done += 1
             if owns_bar and schedule.due(done):
                 run.set_progress(done, total, force=schedule.forced)
                 last_sent = done
+            if run._news or not run._listening:
+                run.checkpoint()  # ⏹ Stop / ⏸ Pause / actions, at this step (in the run's own thread only)
     except GeneratorExit:
         # The loop was left early: ``break``, or an exception in the loop body (which a
         # generator cannot see). The tracker decides which once the dust settles.
+        _drop(cells, cell)
         if owns_bar:
             run.release_progress(owner)
         if auto is not None:
             auto.defer_finish(done, total)
         raise
-    except BaseException as exc:  # raised by the iterable itself
+    except BaseException as exc:  # raised by the iterable itself, or StopRequested by checkpoint()
+        _drop(cells, cell)
         if owns_bar:
+            if isinstance(exc, StopRequested) and last_sent != done:
+                run.set_progress(done, total, force=True)  # the bar shows where it stopped
             run.release_progress(owner)
         if auto is not None:
             auto.finish_from_exception(type(exc), exc, exc.__traceback__)
         raise
+    _drop(cells, cell)
     if owns_bar:
         if last_sent != done:
             run.set_progress(done, total if total is not None else done, force=True)

@@ -65,6 +65,8 @@ MAX_BATCH = 100
 BATCH_BYTES = 240 * 1024
 #: Statuses of the batch request that mean "this server has no batch form": send one by one.
 NO_BATCH_FORM = (404, 405)
+#: The 403 of a key whose IP allowlist does not hold this machine's address: every message would be refused.
+KEY_REFUSED_CODE = "ip_not_allowed"
 
 
 class Envelope:
@@ -83,6 +85,7 @@ class Envelope:
         "from_spool",
         "reported",
         "size",
+        "on_reply",
     )
 
     def __init__(
@@ -111,6 +114,8 @@ class Envelope:
         self.from_spool = False  # loaded from an earlier process's spool
         self.reported = 0  # dropped updates this message reports (metadata.dropped_updates)
         self.size = 0  # encoded size of the body, once prepared
+        # Called (in the sender thread) with the server's JSON answer once delivered.
+        self.on_reply: Callable[[dict[str, Any]], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Envelope {self.kind} {self.path} key={self.key}>"
@@ -128,6 +133,11 @@ def merge_heartbeats(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
 
 
 JSON_LIMIT = 250 * 1024  # the server accepts 256 KiB; keep a margin
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when the server answered a JSON object there, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _encoded_size(body: dict[str, Any]) -> int:
@@ -251,6 +261,9 @@ class Sender:
         self.max_failing_seconds = max_failing_seconds
         self.file_budget = file_budget
         self.spool = spool
+        #: Set by the client: after a 401, a key other than the given one found now (``.env``…), with its source.
+        self.key_refresh: Callable[[str], tuple[str, str] | None] | None = None
+        self._keys_tried: set[str] = set()
         self.delivered = 0  # messages the server accepted (replays of earlier attempts included)
         self.dropped = 0  # messages given up on (refused, or dropped by the bounded queue)
         self.spooled = 0  # messages written to the spool for a later process
@@ -747,7 +760,7 @@ class Sender:
             try:
                 if len(group) == 1:
                     envelope = group[0]
-                    self.transport.request(
+                    _status, answer = self.transport.request(
                         "POST",
                         envelope.path,
                         body=envelope.body,
@@ -755,6 +768,11 @@ class Sender:
                         idempotency_key=envelope.key,
                     )
                     self._settle(envelope, True)
+                    if envelope.on_reply is not None:
+                        try:
+                            envelope.on_reply(answer if isinstance(answer, dict) else {})
+                        except Exception:
+                            log.debug("experiment_bot: handling the answer to %r failed", envelope, exc_info=True)
                     del group[:]
                 else:
                     self._send_batch(group)
@@ -786,7 +804,9 @@ class Sender:
                     self._problem = f"the server answered HTTP {exc.status} {exc.code}"
                     if exc.status >= 500:
                         self._log_outage(f"server error {exc.status} ({exc.message})")
-                elif exc.status == 401:
+                elif exc.status == 401 or exc.code == KEY_REFUSED_CODE:
+                    if exc.status == 401 and self._take_new_key(exc):
+                        continue  # the same messages, at once, with the key the user put in .env
                     self._reject(group, exc)
                     return
                 elif len(group) > 1:
@@ -829,6 +849,33 @@ class Sender:
             if not self._sleep(delay, shortenable=not honour):
                 return
 
+    def _take_new_key(self, exc: ApiError) -> bool:
+        """The server refused our key (expired after a rotation, revoked): if ``.env`` (or the
+        environment, or the config file) now holds another key, send with it from now on. Each
+        key is tried once, so a wrong new key ends in the usual refusal."""
+        if self.key_refresh is None:
+            return False
+        current = self.transport.api_key or ""
+        self._keys_tried.add(current)
+        try:
+            found = self.key_refresh(current)
+        except Exception:  # an unreadable .env must not kill the sender thread
+            log.debug("experiment_bot: re-reading the key failed", exc_info=True)
+            return False
+        if found is None or found[0] in self._keys_tried:
+            return False
+        fresh, source = found
+        self.transport.api_key = fresh
+        if self.spool is not None:
+            from .spool import Spool
+
+            self.spool = Spool(self.spool.server, fresh, root=self.spool.root)
+        log.warning(
+            "experiment_bot: the server refused key %s… (%s); continuing with the new key %s… from %s",
+            current[:8], exc.code, fresh[:8], source,
+        )
+        return True
+
     def _deliver_one_by_one(self, group: list[Envelope]) -> None:
         for envelope in list(group):
             if self._stop or self._abandoned:
@@ -850,11 +897,11 @@ class Sender:
         again = []
         for index, envelope in enumerate(group):
             # Each item is answered as the single form would answer it: {"status", "body"}.
-            result = results[index] if isinstance(results[index], dict) else {}
+            result = _object(results[index])
             status = result.get("status")
             status = status if isinstance(status, int) and not isinstance(status, bool) else 500
-            body = result.get("body") if isinstance(result.get("body"), dict) else {}
-            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            body = _object(result.get("body"))
+            error = _object(body.get("error"))
             code = str(error.get("code") or status)
             if 200 <= status < 300:
                 self._settle(envelope, True)
@@ -923,6 +970,7 @@ class Sender:
         """The server refused these messages for good: drop them (401: drop everything).
         Logged before they leave the in-flight list, so a flush that returns has seen it."""
         kind = envelopes[0].kind
+        key_refused = exc.status == 401 or exc.code == KEY_REFUSED_CODE  # every message would be refused
         description = f"{kind} rejected by the server: HTTP {exc.status} {exc.code}: {exc.message}"
         with self._cond:
             if self._abandoned:
@@ -930,9 +978,20 @@ class Sender:
             self._errors.append(description)
             first = (exc.status, exc.code) not in self._logged
             self._logged.add((exc.status, exc.code))
-            if exc.status == 401:
+            if key_refused:
                 self._key_rejected = True
-        if exc.status == 401:
+        if key_refused and exc.code == KEY_REFUSED_CODE:
+            if first:
+                log.error("experiment_bot: the server refused this machine's address for the API key (%s); "
+                          "nothing more will be sent.", exc.message or exc.code)
+        elif key_refused and exc.code == "key_expired":
+            if first:
+                log.error(
+                    "experiment_bot: the server refused the API key: %s (%s). Nothing more is sent by this "
+                    "process; a running script re-reads EXPERIMENT_BOT_KEY from .env when its key expires.",
+                    exc.message or "it expired", exc.code,
+                )
+        elif key_refused:
             if first:
                 log.error(
                     "experiment_bot: the server refused the API key (%s). It was revoked or is wrong; "
@@ -947,7 +1006,7 @@ class Sender:
         with self._cond:
             if self._abandoned:
                 return
-            if exc.status == 401:
+            if key_refused:
                 self.dropped += len(self._queue) + len(self._inflight)
                 self._queue.clear()
                 self._inflight = []

@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
 from . import signals
 from ._log import warn_once as _warn_once
 from .config import ENV_PARENT
+from .errors import StopRequested
 from .payload import (
+    STOPPED_FROM_TELEGRAM,
     as_uuid,
     classify,
     clean_count,
@@ -45,6 +47,13 @@ log = logging.getLogger("experiment_bot")
 #: exception shows up first (then the run is reported as failed with that traceback).
 DEFER_GRACE = 2.0
 HISTORY_LIMIT = 10_000
+#: While code listens for the chat's ⏹ Stop / ⏸ Pause / actions (a track_progress loop,
+#: ``run.checkpoint()``, ``bot.should_stop``), heartbeats go at least this often (seconds) so a
+#: tap is acted on soon even with a long heartbeat_interval; while paused, more often still.
+CONTROL_POLL_S = 15.0
+PAUSED_POLL_S = 3.0
+MAX_ACTIONS = 8
+MAX_ACTION_NAME = 32
 _AUTO: Any = object()  # "work the parent out" marker for ``parent=``
 
 _cond = threading.Condition(threading.RLock())
@@ -141,6 +150,7 @@ class Run:
         total: int | None = None,
         metadata: dict[str, Any] | None = None,
         auto: bool = False,
+        actions: dict[str, Callable[[], Any]] | None = None,
     ) -> None:
         import uuid
 
@@ -158,6 +168,7 @@ class Run:
         self.status = "created"
         self.exit_reason: str | None = None
         self.error: str | None = None
+        self.diagnosis: dict[str, Any] | None = None  # diagnose.diagnose(): hint and the user's frames
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.metrics: dict[str, Any] = {}
@@ -172,6 +183,17 @@ class Run:
         self._last_sent = 0.0
         self._progress_owner: object | None = None
         self._deferred_at = 0.0
+        # Control from the chat, learnt from heartbeat answers (see checkpoint()).
+        self.actions = _clean_actions(bot, actions)
+        self._control = "run"  # run | pause | stop, as the server last said
+        self._tapped: deque[str] = deque()  # action taps not yet run
+        self._news = False  # something for checkpoint() to do (read without the lock)
+        self._stop_raised = False
+        self._listening = False
+        # The thread whose ``with bot.track()`` block (or loop) runs this run: only its steps
+        # pause, run actions and raise StopRequested (see checkpoint()).
+        self._thread = threading.get_ident()
+        self.paused = False  # True while checkpoint() waits for ▶ Resume
 
     def __repr__(self) -> str:
         return f"<Run {self.name!r} {self.uuid} {self.status}>"
@@ -194,7 +216,8 @@ class Run:
             self.status = "running"
             self.started_at = time.time()
             self._t0 = self._last_sent = time.monotonic()
-            _stacks.setdefault(threading.get_ident(), []).append(self)
+            self._thread = threading.get_ident()
+            _stacks.setdefault(self._thread, []).append(self)
             _live.add(self)
             try:
                 if self._remote:
@@ -223,6 +246,7 @@ class Run:
         error: str | None = None,
         traceback: str | None = None,
         exit_reason: str | None = None,
+        diagnosis: dict[str, Any] | None = None,
     ) -> None:
         """Report how the run ended (idempotent: only the first call counts)."""
         with _cond:
@@ -230,9 +254,12 @@ class Run:
                 return
             if status == "succeeded" and self.status == "deferred" and exit_reason is None:
                 exit_reason = self.exit_reason
+            if status == "succeeded" and self._control == "stop" and self._listening:
+                status, exit_reason = "cancelled", STOPPED_FROM_TELEGRAM  # it obeyed bot.should_stop
             self.status = status
             self.error = error
             self.exit_reason = exit_reason
+            self.diagnosis = diagnosis or None
             self.ended_at = time.time()
             self._runtime = time.monotonic() - self._t0
             _remove_from_stacks(self)
@@ -258,7 +285,13 @@ class Run:
                 trace = format_traceback(exc_type, exc, tb, self.bot.settings.error_verbosity)
         elif status == "cancelled":
             error = exit_reason
-        self.finish(status, error=error, traceback=trace, exit_reason=exit_reason)
+        diagnosis = None
+        if exc is not None and status != "succeeded":
+            from .diagnose import diagnose
+
+            detailed = self.bot.settings.error_verbosity != "low"
+            diagnosis = diagnose(exc, tb, frames=detailed, names=detailed)
+        self.finish(status, error=error, traceback=trace, exit_reason=exit_reason, diagnosis=diagnosis)
 
     def defer_finish(self, done: int, total: int | None) -> None:
         """A track_progress loop was left early: finish soon unless an exception explains why."""
@@ -326,6 +359,95 @@ class Run:
         """Send a file (log, plot) attached to this run."""
         return self.bot.attach(path, caption, process_id=self.uuid)
 
+    # ------------------------------------------------------------------ control from the chat
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once ⏹ Stop was tapped in Telegram (for loops that poll instead of track_progress)."""
+        self._listen()
+        return self._control == "stop"
+
+    def checkpoint(self, *, raise_stop: bool = True) -> None:
+        """Act on what the chat asked since the last call: run tapped actions, wait while
+        paused, raise :class:`StopRequested` (once) after ⏹ Stop (with ``raise_stop=False``
+        only ``stop_requested`` tells). ``track_progress`` calls it after every item; call it
+        yourself in loops that do not use it.
+
+        Only the thread that started the run (the one in its ``with bot.track()`` block: the
+        main thread for a script's run) acts; in other threads (a ``track_progress`` loop in a
+        worker attached to the main thread's run) this does nothing: no pause, no actions, no
+        StopRequested, which is left for the run's own thread. ``stop_requested`` /
+        ``bot.should_stop`` tell every thread."""
+        self._listen()
+        if not self._news or threading.get_ident() != self._thread:
+            return
+        self._run_actions()
+        if self._control == "pause":
+            self._wait_while_paused()
+        with _cond:
+            self._news = bool(self._tapped)
+            stop = raise_stop and self._control == "stop" and not self._stop_raised
+            if stop:
+                self._stop_raised = True
+        if stop:
+            log.warning("experiment_bot: %s was stopped from Telegram", self.name)
+            raise StopRequested(self.uuid, self.name)
+
+    def _listen(self) -> None:
+        if not self._listening:
+            with _cond:
+                self._listening = True
+                _cond.notify_all()  # the pulse may now come sooner
+
+    def _on_answer(self, answer: dict[str, Any]) -> None:
+        """The server's answer to a heartbeat (sender thread): what the chat asks of this run."""
+        control = answer.get("control")
+        taps = answer.get("actions")
+        with _cond:
+            if control in ("run", "pause", "stop") and self._control != "stop":
+                if control != self._control:
+                    log.info("experiment_bot: %s: %s requested from Telegram", self.name, control)
+                self._control = control
+            if isinstance(taps, list):
+                self._tapped.extend(name for name in taps if isinstance(name, str) and name in self.actions)
+            self._news = self._control != "run" or bool(self._tapped)
+            _cond.notify_all()
+
+    def _run_actions(self) -> None:
+        while True:
+            with _cond:
+                if not self._tapped:
+                    return
+                name = self._tapped.popleft()
+            func = self.actions.get(name)
+            if func is None:
+                continue
+            try:
+                result = func()
+            except Exception as exc:
+                log.exception("experiment_bot: action %r of %s failed", name, self.name)
+                self.notify(f"⚠️ {name} failed: {type(exc).__name__}: {exc}", "warning")
+                continue
+            shown = f" → {result!r}"[:200] if result is not None else ""
+            log.info("experiment_bot: action %r of %s ran from Telegram", name, self.name)
+            self.notify(f"👆 {name} done{shown}")
+
+    def _wait_while_paused(self) -> None:
+        log.warning("experiment_bot: %s paused from Telegram; waiting for ▶ Resume", self.name)
+        with _cond:
+            self.paused = True
+            _cond.notify_all()  # heartbeats every PAUSED_POLL_S while paused
+        while True:
+            self._run_actions()
+            with _cond:
+                if self._control != "pause" or self.status != "running":
+                    self.paused = False
+                    break
+                if not self._tapped:
+                    _cond.wait(1.0)
+        if self._control == "run":
+            log.warning("experiment_bot: %s resumed from Telegram", self.name)
+
     # ------------------------------------------------------------------ heartbeats (lock held)
 
     def _publish(self, *, force: bool) -> None:
@@ -349,18 +471,53 @@ class Run:
         self._fresh_step = None
         self._dirty = False
         self._last_sent = time.monotonic()
-        self.bot._enqueue(
-            Envelope("/api/heartbeat", body, kind="heartbeat", priority=HEARTBEAT, coalesce=self.uuid)
-        )
+        envelope = Envelope("/api/heartbeat", body, kind="heartbeat", priority=HEARTBEAT, coalesce=self.uuid)
+        envelope.on_reply = self._on_answer
+        self.bot._enqueue(envelope)
 
     def _next_due(self) -> float:
         if self.status == "deferred":
             return self._deferred_at + DEFER_GRACE
+        due = math.inf
         if self._dirty:
-            return self._last_sent + self.bot._update_gap()
-        if self.heartbeat_interval > 0:
-            return self._last_sent + self.heartbeat_interval
-        return math.inf
+            due = self._last_sent + self.bot._update_gap()
+        elif self.heartbeat_interval > 0:
+            due = self._last_sent + self.heartbeat_interval
+        if self._listening and self._control != "stop":
+            # Someone acts on the chat's buttons: ask the server at least this often, even
+            # while coalescing frequent progress updates.
+            poll = PAUSED_POLL_S if self._control == "pause" else CONTROL_POLL_S
+            if self.heartbeat_interval > 0:
+                poll = min(poll, self.heartbeat_interval)
+            due = min(due, self._last_sent + poll)
+        return due
+
+
+def _clean_actions(bot: ExperimentBot, actions: Any) -> dict[str, Callable[[], Any]]:
+    """``{"lr ×0.5": fn}``: at most MAX_ACTIONS names of at most MAX_ACTION_NAME characters,
+    each with a callable taking no arguments; what does not fit is left out (with a warning)."""
+    if not actions:
+        return {}
+    if not isinstance(actions, dict):
+        bot._invalid("actions: expected a dict {button name: function}; no action buttons")
+        return {}
+    clean: dict[str, Callable[[], Any]] = {}
+    for name, func in actions.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_ACTION_NAME or not callable(func):
+            bot._invalid(f"actions: {name!r} needs a name of 1-{MAX_ACTION_NAME} characters and a function")
+            continue
+        if len(clean) >= MAX_ACTIONS:
+            bot._invalid(f"actions: at most {MAX_ACTIONS} buttons; {name!r} is left out")
+            continue
+        clean[name] = func
+    return clean
+
+
+def stop_requested(bot: ExperimentBot) -> bool:
+    """True when ⏹ Stop was tapped for any active run of ``bot`` in this process."""
+    with _cond:
+        runs = [run for run in _live if run.bot is bot]
+    return any(run.stop_requested for run in runs)
 
 
 # --------------------------------------------------------------------------- pulse thread
@@ -481,6 +638,7 @@ class ProcessTracker:
         heartbeat_interval: float | None = None,
         total: int | None = None,
         metadata: dict[str, Any] | None = None,
+        actions: dict[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.bot = bot
         self.name = name
@@ -489,6 +647,7 @@ class ProcessTracker:
         self.heartbeat_interval = heartbeat_interval
         self.total = total
         self.metadata = metadata
+        self.actions = actions
         self._local = threading.local()
 
     def new_run(self, name: str | None = None) -> Run:
@@ -517,6 +676,7 @@ class ProcessTracker:
             heartbeat_interval=interval,
             total=self.total,
             metadata=self.metadata,
+            actions=self.actions,
         )
 
     def start_run(self, *, auto: bool = False) -> Run:
@@ -561,7 +721,7 @@ class ProcessTracker:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         run = self._local.runs.pop()
         try:
             run.finish_from_exception(exc_type, exc, tb)
@@ -571,7 +731,8 @@ class ProcessTracker:
             logging.getLogger("experiment_bot").exception(
                 "experiment_bot: could not report the end of %s", run.name
             )
-        return False  # never swallow the user's exception
+        # ⏹ Stop from the chat ends this block quietly; any other exception goes on.
+        return isinstance(exc, StopRequested) and exc.run_uuid == run.uuid
 
     def __call__(self, func: F) -> F:
         name = self.name or getattr(func, "__qualname__", None) or getattr(func, "__name__", "function")
@@ -587,6 +748,7 @@ class ProcessTracker:
                     heartbeat_interval=self.heartbeat_interval,
                     total=self.total,
                     metadata=self.metadata,
+                    actions=self.actions,
                 ):
                     return await func(*args, **kwargs)
 
@@ -602,6 +764,7 @@ class ProcessTracker:
                 heartbeat_interval=self.heartbeat_interval,
                 total=self.total,
                 metadata=self.metadata,
+                actions=self.actions,
             ):
                 return func(*args, **kwargs)
 

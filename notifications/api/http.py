@@ -171,11 +171,14 @@ def _dispatch(request: HttpRequest, handler: Handler, spec: Spec, kwargs: dict[s
 def _after_refusal(call: Call, exc: ApiError) -> ApiError:
     """What a refused request still counts, in its own statement (its transaction rolled back).
 
-    A 429 counts nothing (refused requests never use a quota up). An unknown key counts against
-    the client's address, and is answered 429 once the address is over its limit. Any other
-    refusal of a valid key counts as one request of that key.
+    A 429 counts nothing (refused requests never use a quota up). An unknown key, or a key sent
+    from outside its allowlist, counts against the client's address, and is answered 429 once the
+    address is over its limit: a leaked key tried from elsewhere is throttled like a guessed one.
+    A revoked or expired key counts nothing (a forgotten script of the key's owner must not lock
+    out everyone behind the same address). Any other refusal of a valid key counts as one
+    request of that key.
     """
-    if isinstance(exc, UnknownKey):
+    if isinstance(exc, UnusableKey):
         decision = ratelimit.record_bad_key(call.address)
         return exc if decision.allowed else rate_limited(decision)
     if call.key is not None and exc.status != 429:
@@ -183,7 +186,12 @@ def _after_refusal(call: Call, exc: ApiError) -> ApiError:
     return exc
 
 
-class UnknownKey(ApiError):
+class UnusableKey(ApiError):
+    """A key this request may not use (unknown, or outside its allowlist): counted against the
+    address (``_after_refusal``)."""
+
+
+class UnknownKey(UnusableKey):
     def __init__(self, message: str) -> None:
         super().__init__(401, "invalid_key", message, AUTH_CHALLENGE)
 
@@ -210,12 +218,30 @@ def authenticate(raw: str, address: str) -> ApiKey:
     throttled = ratelimit.address_refusal(failures)
     if not throttled.allowed:
         raise rate_limited(throttled)
-    if not key.is_active:
+    if key.revoked_at is not None:
         raise ApiError(401, "revoked_key",
                        "this key was revoked. Run /start in the bot or experiment_bot.setup() to get a new one.",
                        AUTH_CHALLENGE)
+    if key.is_expired:
+        raise expired_key(key)
+    if not key.allows(address):
+        raise UnusableKey(403, "ip_not_allowed",
+                       f"this key only accepts requests from its allowed networks, and this one came from {address}. "
+                       "Change the key's allowed networks in /status in the bot (🌐 button).")
     key.touch()
     return key
+
+
+def expired_key(key: ApiKey) -> ApiError:
+    """The 401 of a rotated key after its grace period: when it ended, and which key replaced it."""
+    successor = (ApiKey.objects.filter(pk=key.replaced_by_id).values_list("prefix", flat=True).first()
+                 if key.replaced_by_id is not None else None)
+    successor_text = f"; the key that replaced it starts with {successor}…" if successor else ""
+    ended = key.expires_at.strftime("%Y-%m-%d %H:%M UTC") if key.expires_at else "now"
+    return ApiError(401, "key_expired",
+                    f"this key was rotated and expired at {ended}{successor_text}. Put the new key in "
+                    "EXPERIMENT_BOT_KEY (e.g. your .env) or run experiment_bot.setup() to pair this machine again.",
+                    AUTH_CHALLENGE)
 
 
 # ---------------------------------------------------------------------------------- bodies

@@ -7,6 +7,7 @@ that names it (``'level' must be one of info, success, warning, error``).
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,6 +156,54 @@ def tags(data: dict, name: str = "tags") -> list[str]:
     return [tag.strip() for tag in value if tag.strip()]
 
 
+MAX_GROUP = 64
+_GROUP = re.compile(r"^[A-Za-z0-9_.:-]*$")
+MAX_HINT = 500
+MAX_FRAMES = 10
+MAX_FRAME_FILE = 300
+MAX_FRAME_FUNCTION = 200
+MAX_FRAME_CODE = 500
+
+
+def group(data: dict, name: str = "group") -> str:
+    """A notification's edit group: messages with the same group edit one chat message."""
+    value = string(data, name, max_length=MAX_GROUP)
+    if not _GROUP.match(value):
+        raise InvalidInput(f"'{name}' may hold only letters, digits and _ . : -")
+    return value
+
+
+def diagnosis(data: dict, name: str = "diagnosis") -> dict[str, Any]:
+    """``{"hint": str, "frames": [{"file", "line", "function", "code"}]}`` of a crash (both optional):
+    the one-line interpretation and the user's own frames, the failing one last."""
+    value = obj(data, name)
+    clean: dict[str, Any] = {}
+    hint = string(value, "hint", max_length=MAX_HINT, label=f"{name}.hint").strip()
+    if hint:
+        clean["hint"] = hint
+    frames = value.get("frames")
+    if frames is None:
+        return clean
+    if not isinstance(frames, list):
+        raise InvalidInput(f"'{name}.frames' must be a list of {{file, line, function, code}} objects")
+    if len(frames) > MAX_FRAMES:
+        raise InvalidInput(f"'{name}.frames' may hold at most {MAX_FRAMES} frames")
+    out = []
+    for index, frame in enumerate(frames):
+        label = f"{name}.frames[{index}]"
+        if not isinstance(frame, dict):
+            raise InvalidInput(f"'{label}' must be an object {{file, line, function, code}}")
+        out.append({
+            "file": string(frame, "file", required=True, max_length=MAX_FRAME_FILE, label=f"{label}.file"),
+            "line": integer(frame, "line", maximum=10**9, label=f"{label}.line"),
+            "function": string(frame, "function", max_length=MAX_FRAME_FUNCTION, label=f"{label}.function"),
+            "code": string(frame, "code", max_length=MAX_FRAME_CODE, label=f"{label}.code"),
+        })
+    if out:
+        clean["frames"] = out
+    return clean
+
+
 # ---------------------------------------------------------------------------------- bodies
 
 
@@ -171,6 +220,7 @@ class NotifyInput:
     format: str = "text"
     process_id: UUID | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +232,7 @@ class StartInput:
     heartbeat_interval: int = 60
     metadata: dict[str, Any] = field(default_factory=dict)
     total: int | None = None
+    actions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -203,6 +254,7 @@ class FinishInput:
     peak_memory_mb: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     exit_reason: str = ""
+    diagnosis: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_register(data: dict) -> RegisterInput:
@@ -222,6 +274,7 @@ def parse_notify(data: dict, *, has_file: bool = False) -> NotifyInput:
         format=choice(data, "format", FORMATS, default="text"),
         process_id=uuid_value(data, "process_id"),
         metadata=obj(data, "metadata"),
+        group=group(data),
     )
 
 
@@ -240,7 +293,27 @@ def parse_start(data: dict) -> StartInput:
         heartbeat_interval=60 if interval is None else math.ceil(interval),
         metadata=obj(data, "metadata"),
         total=integer(data, "total"),
+        actions=action_names(data),
     )
+
+
+def action_names(data: dict) -> list[str]:
+    """``actions``: the names of the run's action buttons (``bot.track(actions={...})``)."""
+    from notifications.models import MAX_ACTION_NAME, MAX_ACTIONS
+
+    value = data.get("actions")
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_ACTIONS:
+        raise InvalidInput(f"'actions' must be a list of at most {MAX_ACTIONS} names")
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > MAX_ACTION_NAME:
+            raise InvalidInput(f"each of 'actions' must be a non-empty name of at most {MAX_ACTION_NAME} characters")
+        if item in names:
+            raise InvalidInput(f"'actions' names must be unique ({item!r} is repeated)")
+        names.append(item)
+    return names
 
 
 def parse_heartbeat(data: dict) -> HeartbeatInput:
@@ -272,6 +345,7 @@ def parse_finish(data: dict) -> FinishInput:
         peak_memory_mb=number(data, "peak_memory_mb", minimum=0),
         metrics=metrics(data),
         exit_reason=string(data, "exit_reason"),
+        diagnosis=diagnosis(data),
     )
 
 

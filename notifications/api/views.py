@@ -88,6 +88,9 @@ def validate(call: Call) -> Answer:
     return 200, {
         "valid": True,
         "key_prefix": key.prefix,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "replaced_by_prefix": key.replaced_by.prefix if key.replaced_by_id and key.replaced_by else None,
+        "allowed_networks": list(key.allowed_networks or []),
         "account": {
             "telegram_user_id": account.telegram_user_id,
             "username": account.username,
@@ -99,13 +102,15 @@ def validate(call: Call) -> Answer:
 @endpoint("POST", name="notify", body="json_or_file", budget=True)
 def notify(call: Call) -> Answer:
     data = parse_notify(call.data, has_file=call.upload is not None)
+    if data.group and call.upload is not None:
+        raise InvalidInput("a message with a 'group' is edited in place and cannot carry a file")
     call.charge(messages=1)
     attachment = None
     if call.upload is not None:
         attachment = services.attachment_for(call.upload.name or "file", call.upload.read(),
                                              call.upload.content_type or "")
     message = services.notify(call.api_key, data.text, data.level, data.format, data.process_id, data.metadata,
-                              attachment)
+                              attachment, group=data.group)
     return 202, {"message_id": message.pk, "status": "queued"}
 
 
@@ -127,7 +132,7 @@ def _queue_batch_item(call: Call, item: BatchItem) -> dict:
         data = item.message
         assert data is not None  # an item without a message carries the error it is answered with
         message = services.notify(call.api_key, data.text, data.level, data.format, data.process_id,
-                                  data.metadata)
+                                  data.metadata, group=data.group)
         return 202, {"message_id": message.pk, "status": "queued"}
 
     replayed = False
@@ -152,6 +157,7 @@ def start_process(call: Call) -> Answer:
     process, created = services.start_process(
         call.api_key, uuid=data.uuid, name=data.name, tags=data.tags, parent_uuid=data.parent_uuid,
         heartbeat_interval=data.heartbeat_interval, metadata=data.metadata, total=data.total,
+        actions=data.actions,
     )
     return (201 if created else 200), {"uuid": str(process.uuid), "state": process.state}
 
@@ -159,9 +165,9 @@ def start_process(call: Call) -> Answer:
 @endpoint("POST", name="heartbeat", body="json")
 def heartbeat(call: Call) -> Answer:
     data = parse_heartbeat(call.data)
-    process = services.heartbeat(call.api_key, uuid=data.uuid, done=data.done, total=data.total,
-                                 metrics=data.metrics, step=data.step)
-    return 200, {"state": process.state}
+    answer = services.heartbeat_answer(call.api_key, uuid=data.uuid, done=data.done, total=data.total,
+                                       metrics=data.metrics, step=data.step)
+    return 200, answer
 
 
 @endpoint("POST", name="processes/finish", body="json")
@@ -170,7 +176,7 @@ def finish_process(call: Call) -> Answer:
     process, _ = services.finish_process(
         call.api_key, uuid=data.uuid, status=data.status, error=data.error, traceback=data.traceback,
         runtime_s=data.runtime_s, peak_memory_mb=data.peak_memory_mb, metrics=data.metrics,
-        exit_reason=data.exit_reason,
+        exit_reason=data.exit_reason, diagnosis=data.diagnosis,
     )
     return 200, {"state": process.state}
 

@@ -10,6 +10,7 @@ from telegram.ext import ContextTypes
 from telegram_app import callbacks, store
 from telegram_app.formatting import bold, code, since
 from telegram_app.handlers.common import reply
+from telegram_app.rendering.workers import away_since, restart_command
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,15 @@ async def connect(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         )
         return
     command = await store.issue_connect_command(account)
+    away = await store.live_worker(account) if worker is None else None
+    restart = (
+        f"💤 Your worker on {bold(away.machine_name)} is offline {away_since(away)}. To bring it back, run "
+        f"{code(restart_command(away))} on it — no new token needed.\n\nTo connect this or another machine "
+        "anew (it replaces that one):\n\n"
+        if away is not None else ""
+    )
     text = (
-        f"🔗 {bold('Connect Local Worker')}\n\n"
+        f"🔗 {bold('Connect Local Worker')}\n\n{restart}"
         "Run this in a terminal on the machine that has your data:\n\n"
         f"🍎🐧 macOS / Linux:\n{code(command.unix)}\n\n"
         f"🪟 Windows (PowerShell):\n{code(command.windows)}\n\n"

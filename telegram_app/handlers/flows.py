@@ -1,4 +1,4 @@
-"""/train and /predict as one conversation, so a user is in at most one flow at a time.
+"""/train, /predict (and renaming a model) as one conversation, so a user is in at most one flow at a time.
 
 Two separate conversations would both be waiting for text after a user started one and then
 the other; one conversation means starting a flow (or tapping "Predict with this model")
@@ -13,7 +13,7 @@ from telegram.ext import CallbackQueryHandler, CommandHandler, ConversationHandl
 from telegram.warnings import PTBUserWarning
 
 from telegram_app import callbacks
-from telegram_app.handlers import predict, train
+from telegram_app.handlers import models, predict, train
 from telegram_app.handlers.common import cancel
 
 
@@ -23,8 +23,8 @@ def conversation() -> ConversationHandler:
         # no per-message tracking, and PTB's reminder about it is noise.
         warnings.filterwarnings("ignore", message="If 'per_message=False'", category=PTBUserWarning)
         return ConversationHandler(
-            entry_points=[*train.ENTRY_POINTS, *predict.ENTRY_POINTS],
-            states={**train.STATES, **predict.STATES},
+            entry_points=[*train.ENTRY_POINTS, *predict.ENTRY_POINTS, *models.ENTRY_POINTS],
+            states={**train.STATES, **predict.STATES, **models.STATES},
             fallbacks=[
                 CommandHandler("cancel", cancel),
                 CallbackQueryHandler(cancel, pattern=f"^{callbacks.CANCEL}$"),

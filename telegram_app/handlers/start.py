@@ -15,8 +15,10 @@ from notifications import services as notification_services
 from notifications.client_download import client_install_url
 from telegram_app import callbacks, store
 from telegram_app.formatting import ago, bold, code, esc, since
+from telegram_app.handlers import keys
 from telegram_app.handlers.common import CONNECT_BUTTON, reply
 from telegram_app.rendering.notify import format_process_tree
+from telegram_app.rendering.workers import restart_command
 from workers.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ HELP = f"""🤖 {bold("StatsBot")} — train and predict on your own machine, an
 /jobs — recent jobs; cancel a running one
 
 {bold("Experiment notifications")}
-/status — your key, worker and running processes
+/status — your keys (rename, revoke, rotate, IP allowlist), worker and running processes
+/dashboard — one message listing your running processes, kept up to date (pin it)
 /revoke — revoke your notification key (and issue a new one)
 
 /cancel — stop what you are doing · /help — this message
@@ -50,7 +53,7 @@ def worker_section(worker: Worker | None) -> str:
         return f"🖥️ {bold('Local worker')}: ✅ Connected: {bold(worker.machine_name)}"
     return (
         f"🖥️ {bold('Local worker')}: 💤 {bold(worker.machine_name)} is offline (last seen {ago(worker.last_seen_at)}).\n"
-        f"Start it again with {code('python3 ~/.statsbot/statsbot_worker.py')}"
+        f"Start it again with {code(restart_command(worker))}"
     )
 
 
@@ -110,8 +113,9 @@ async def pair(update: Update, code_: str) -> None:
     await reply(
         update,
         f"🔗 {bold('Pair a machine with this chat?')}\n\nMachine: {bold(machine)}{label}\n"
-        f"Started {ago(pairing.created_at)}.\n\nIts scripts will be able to send messages here, and your "
-        "current key will be revoked. Approve only if you just ran experiment_bot.setup() yourself.",
+        f"Started {ago(pairing.created_at)}.\n\nIts scripts will be able to send messages here with a key of "
+        "its own; your other machines' keys keep working. Approve only if you just ran "
+        "experiment_bot.setup() yourself.",
         [[{"text": "✅ Approve", "callback_data": callbacks.PAIR_APPROVE + pairing.code},
           {"text": "Decline", "callback_data": callbacks.CANCEL}]],
     )
@@ -127,8 +131,8 @@ async def pair_answer(update: Update, code_: str, *, edit: bool = False) -> None
     if isinstance(outcome, pairings.PairingRefusal):
         text = f"❌ {esc(outcome)}\n\nRun {code('experiment_bot.setup()')} again for a fresh link."
     else:
-        text = (f"✅ {bold('Paired!')} Your script receives key {code(outcome.prefix + '…')} now and saves it "
-                "to .env.\nAny previous key was revoked.")
+        text = (f"✅ {bold('Paired!')} {bold(outcome.label)} receives key {code(outcome.prefix + '…')} now and "
+                "saves it to .env.\nYour other machines keep their keys; /status lists them all.")
     await reply(update, text, edit=edit)
 
 
@@ -138,12 +142,12 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     account = await store.account_for(update)
-    key = await store.active_key(account)
+    api_keys = await store.active_keys(account)
     worker = await store.live_worker(account)
     tree = await database_sync_to_async(notification_services.process_tree)(account)
     running = await store.running_job_count(account)
     lines = [f"📊 {bold('Status')}", ""]
-    lines.append(f"🔑 Key: {code(key.prefix + '…') + ' active' if key else 'none — /revoke to issue one'}")
+    lines += keys.key_lines(api_keys)
     if worker and worker.is_online:
         lines.append(f"🖥️ Worker: ✅ {bold(worker.machine_name)} · connected since {since(worker.connected_at)}")
     elif worker:
@@ -152,18 +156,36 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         lines.append("🖥️ Worker: ❌ not connected (/connect)")
     lines.append(f"⚙️ Jobs waiting or running: {running}")
     lines += ["", f"🧪 {bold('Running processes')}", format_process_tree(tree) if tree else "none"]
-    await reply(update, "\n".join(lines))
+    await reply(update, "\n".join(lines), keys.key_buttons(api_keys))
 
 
 async def revoke(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """``/revoke`` asks first: a revoked key stops every script that uses it."""
+    account = await store.account_for(update)
+    key = await store.active_key(account)
+    if key is None:
+        await reply(update, "You have no active key.",
+                    [[{"text": "🔑 Issue a new key", "callback_data": callbacks.NEW_KEY}]])
+        return
+    await reply(
+        update,
+        f"🔒 Revoke key {code(key.prefix + '…')}? Scripts using it can no longer send messages here "
+        "until they get a new key.",
+        [[{"text": "Yes, revoke it", "callback_data": callbacks.KEY_REVOKE},
+          {"text": "Keep it", "callback_data": callbacks.CANCEL}]],
+    )
+
+
+async def confirm_revoke(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     account = await store.account_for(update)
     key = await store.revoke_key(account)
     button = [[{"text": "🔑 Issue a new key", "callback_data": callbacks.NEW_KEY}]]
     if key is None:
-        await reply(update, "You have no active key.", button)
+        await reply(update, "You have no active key.", button, edit=True)
         return
     logger.info("account %s revoked key %s", account.pk, key.prefix)
-    await reply(update, f"🔒 Key {code(key.prefix + '…')} is revoked. Scripts using it can no longer send.", button)
+    await reply(update, f"🔒 Key {code(key.prefix + '…')} is revoked. Scripts using it can no longer send.",
+                button, edit=True)
 
 
 async def new_key(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

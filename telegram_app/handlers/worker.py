@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from channels.db import database_sync_to_async
 from telegram import Update
 from telegram.ext import ContextTypes
 
@@ -9,6 +10,7 @@ from jobs.models import Job
 from telegram_app import callbacks, store
 from telegram_app.formatting import ago, bold, code, esc, since
 from telegram_app.handlers.common import CONNECT_BUTTON, reply
+from telegram_app.rendering.workers import away_since, offline_text
 
 MANUAL_AUTOSTART = (
     f"{bold('Manual set-up')} (on the worker's machine):\n"
@@ -37,7 +39,11 @@ async def show_status(update: Update) -> None:
         await reply(update, "🖥️ No local worker is connected.", [[CONNECT_BUTTON]])
         return
     running = await store.running_job_count(account)
-    state = "✅ online" if current.is_online else f"💤 offline (last seen {ago(current.last_seen_at)})"
+    if current.is_online:
+        state = "✅ online"
+    else:
+        state = f"💤 offline {away_since(current)}"
+        offline = await database_sync_to_async(offline_text)(current)
     packages = ", ".join(f"{esc(k)} {esc(v)}" for k, v in current.packages.items() if v) or "—"
     lines = [
         f"🖥️ {bold(current.machine_name)} — {state}",
@@ -49,6 +55,8 @@ async def show_status(update: Update) -> None:
         f"Models: {esc(', '.join(current.models_available) or '—')}",
         f"Packages: {packages}",
     ]
+    if not current.is_online:
+        lines += ["", offline]
     buttons = [
         [
             {"text": "⚙️ Autostart on", "callback_data": callbacks.WORKER_AUTOSTART + "on"},

@@ -83,4 +83,4 @@ def render(message: OutboxMessage) -> Rendered:
 
 def _load_renderers() -> None:
     # Each module registers its kinds on import.
-    from telegram_app.rendering import jobs, notify, plain, workers  # noqa: F401
+    from telegram_app.rendering import digest, jobs, notify, plain, workers  # noqa: F401

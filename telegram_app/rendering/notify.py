@@ -20,20 +20,26 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Callable
 from functools import partial
 from html.parser import HTMLParser
 from typing import Any
 
+from django.conf import settings
+
 from core.models import OutboxMessage
 from notifications.models import TrackedProcess
+from telegram_app.callbacks import PROCESS_DISMISS
 from telegram_app.charts import metrics_over_time
 from telegram_app.formatting import duration, esc, number
 from telegram_app.rendering import FilePart, Rendered, renderer
+from telegram_app.rendering.controls import control_buttons, control_line
 from tg_rules.text import CAPTION_LIMIT, TEXT_LIMIT, utf16_len
 
 logger = logging.getLogger(__name__)
 
 TRACEBACK_LINES = 25
+DIAGNOSIS_FRAMES = 4
 LEVEL_EMOJI = {"info": "ℹ️", "success": "✅", "warning": "⚠️", "error": "❌"}
 FINISH_WORDS = {
     "succeeded": ("✅", "finished in"),
@@ -341,6 +347,33 @@ def traceback_block(traceback: str, budget: int) -> tuple[str, bool]:
     return block, cut or hidden > 0
 
 
+def diagnosis_lines(diagnosis: Any, *, stopped: bool = False) -> str:
+    """The client's one-line hint and the user's own frames (the failing line last, in bold);
+    ``stopped``: the run was cancelled (Ctrl+C, SIGTERM), so the last line is where it stopped."""
+    if not isinstance(diagnosis, dict):
+        return ""
+    lines: list[str] = []
+    hint = diagnosis.get("hint")
+    if isinstance(hint, str) and hint.strip():
+        lines.append(f"💡 {clip_escaped(hint.strip(), 600)}")
+    frames = [f for f in diagnosis.get("frames") or [] if isinstance(f, dict) and isinstance(f.get("file"), str)]
+    frames = frames[-DIAGNOSIS_FRAMES:]
+    for index, frame in enumerate(frames):
+        line = frame.get("line")
+        where = clip(str(frame["file"]), 80) + (f":{line}" if isinstance(line, int) else "")
+        function = frame.get("function")
+        if isinstance(function, str) and function:
+            where += f" in {clip(function, 40)}"
+        code = frame.get("code") if isinstance(frame.get("code"), str) else ""
+        last = index == len(frames) - 1
+        shown = f"<code>{esc(where)}</code>" + (f"  {clip_escaped(code.strip(), 160)}" if code else "")
+        mark = "stopped here" if stopped else "failed here"
+        lines.append(f"📍 <b>{shown}</b> ← {mark}" if last else f"   ↳ {shown}")
+    if len(frames) > 1:
+        lines.insert(len(lines) - len(frames), "your code:")
+    return "\n".join(lines)
+
+
 def join_lines(*lines: str) -> str:
     return "\n".join(line for line in lines if line)
 
@@ -420,7 +453,8 @@ def _started(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
         _header(process),
         f"<i>{meta}</i>" if meta else "",
         "⏱ " + " · ".join(details) if details else "",
-    )))
+        control_line(process),
+    )), buttons=control_buttons(process))
 
 
 def _elapsed(process: TrackedProcess) -> float:
@@ -433,11 +467,23 @@ def _progress(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
                             finished=process.is_finished))
     state = ""
     if process.is_finished:
-        emoji, words = FINISH_WORDS[process.state]
+        emoji, words = _finish_words(process)
         state = f"{emoji} {words} {duration(process.runtime_s)}"
     elif process.state == TrackedProcess.State.STALLED:
         state = "⏸️ no heartbeat"
-    return Rendered(text=guard(join_lines(title(process), bar or "⏳ starting…", state)))
+    elif process.state == TrackedProcess.State.LOST:
+        state = "🪦 lost (no heartbeat)"
+    if not process.is_finished:
+        state = join_lines(state, control_line(process))
+    return Rendered(text=guard(join_lines(title(process), bar or "⏳ starting…", metrics_line(process.metrics, 300),
+                                          state)),
+                    buttons=control_buttons(process))
+
+
+def _finish_words(process: TrackedProcess) -> tuple[str, str]:
+    if process.stopped_from_chat:
+        return "⏹️", "stopped from Telegram after"
+    return FINISH_WORDS.get(process.state, ("🏁", "ended after"))
 
 
 def _chart(process: TrackedProcess) -> FilePart | None:
@@ -449,7 +495,7 @@ def _chart(process: TrackedProcess) -> FilePart | None:
 
 
 def _finished(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
-    emoji, words = FINISH_WORDS.get(process.state, ("🏁", "ended after"))
+    emoji, words = _finish_words(process)
     facts = [f"⏱ {duration(process.runtime_s)}"]
     if process.peak_memory_mb is not None:
         facts.append(f"💾 peak {memory(process.peak_memory_mb)}")
@@ -462,6 +508,7 @@ def _finished(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
         " · ".join(facts),
         metrics_line(process.metrics),
         error_line,
+        diagnosis_lines(process.diagnosis, stopped=process.state == TrackedProcess.State.CANCELLED),
     )
     files: list[FilePart] = []
     if process.traceback:
@@ -482,11 +529,25 @@ def _stalled(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
     if not isinstance(silent, int | float):
         silent = ((process.stalled_at or process.last_heartbeat_at) - process.last_heartbeat_at).total_seconds()
     interval = payload.get("interval_s") or process.heartbeat_interval
+    return Rendered(
+        text=guard(join_lines(
+            f"⏸️ {title(process)}: no heartbeat for {duration(silent)} (expected every {every(interval)}) — "
+            "the process may have been killed (OOM, SIGKILL) or the machine is asleep.",
+            _header(process),
+            f"I'll tell you if it comes back; after {duration(settings.PROCESS_LOST_AFTER)} without a "
+            "heartbeat it is marked lost. Dismiss it if you know it is gone.",
+        )),
+        buttons=[[{"text": "🗑 Dismiss", "callback_data": f"{PROCESS_DISMISS}:{process.uuid}"}]],
+    )
+
+
+def _lost(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
+    silent = payload.get("silent_s")
+    since = f" for {duration(silent)}" if isinstance(silent, int | float) else ""
     return Rendered(text=guard(join_lines(
-        f"⏸️ {title(process)}: no heartbeat for {duration(silent)} (expected every {every(interval)}) — "
-        "the process may have been killed (OOM, SIGKILL) or the machine is asleep.",
+        f"🪦 {title(process)}: no heartbeat{since}, so it is marked lost and no longer shown in /status.",
         _header(process),
-        "I'll tell you if it comes back.",
+        "If it is still running, its next heartbeat brings it back.",
     )))
 
 
@@ -497,11 +558,16 @@ def _recovered(process: TrackedProcess, payload: dict[str, Any]) -> Rendered:
                                           _header(process))))
 
 
+# Events about more than one run, rendered from the whole row by modules built on this one
+# (they register here: ``telegram_app.rendering.digest`` adds ``digest``).
+MESSAGE_EVENTS: dict[str, Callable[[OutboxMessage], Rendered]] = {}
+
 _EVENTS = {
     "started": _started,
     "progress": _progress,
     "finished": _finished,
     "stalled": _stalled,
+    "lost": _lost,
     "recovered": _recovered,
 }
 
@@ -509,6 +575,9 @@ _EVENTS = {
 @renderer(OutboxMessage.Kind.PROCESS)
 def render_process(message: OutboxMessage) -> Rendered:
     payload = message.payload or {}
+    whole = MESSAGE_EVENTS.get(payload.get("event", ""))
+    if whole is not None:
+        return whole(message)
     event = _EVENTS.get(payload.get("event", ""))
     process = None
     if event is not None and payload.get("uuid"):

@@ -77,8 +77,8 @@ def test_it_trains_through_every_step(running_bot, user, worker):
     assert labels(task) == ["✅ Regression (detected)", "Classification", "✖️ Cancel"]
     user.tap("✅ Regression (detected)")
     models = user.wait_for_edit(task["message_id"], "Which model?")
-    assert labels(models) == ["⭐ LightGBM", "Random forest", "Linear regression", "✖️ Cancel"]
-    user.tap("⭐ LightGBM")
+    assert labels(models) == ["⭐ Auto (recommended)", "LightGBM", "Random forest", "Linear regression", "✖️ Cancel"]
+    user.tap("LightGBM")
     user.wait_for_edit(task["message_id"], "Ready to train")
     user.tap("🚀 Start training")
     progress = user.wait_for_message(predicate=lambda m: "Training LightGBM" in (m.get("text") or ""))
@@ -147,7 +147,7 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 def test_it_predicts_with_a_picked_model(running_bot, user, worker):
     user.send("/predict")
     picker = user.wait_for_message("Which model?")
-    assert labels(picker) == ["price · LightGBM · regression · r2 0.91"]
+    assert labels(picker) == ["price · LightGBM · sales.csv · 2026-11-23 07:00 · R² 0.91 · 1.2 MB"]
     user.tap(labels(picker)[0])
     user.wait_for_message("Send the path of the file to predict on")
     user.send("~/new.csv")
@@ -159,8 +159,8 @@ def test_it_predicts_with_a_picked_model(running_bot, user, worker):
 
 def test_it_deletes_a_model_after_confirmation(running_bot, user, worker):
     user.send("/models")
-    listing = user.wait_for_message("Models on your machine")
-    user.tap(labels(listing)[0])
+    user.wait_for_message("Models on your machine")
+    user.tap("🗑 Delete 1")
     user.wait_for_message("cannot be undone")
     user.tap("Yes, delete it")
     user.wait_for_message(predicate=lambda m: "Deleted model" in (m.get("text") or ""))
@@ -177,14 +177,14 @@ def test_it_lists_jobs_and_cancels_a_running_one(running_bot, user, worker):
     task = user.wait_for_message("This looks like regression")
     user.tap("✅ Regression (detected)")
     user.wait_for_edit(task["message_id"], "Which model?")
-    user.tap("⭐ LightGBM")
+    user.tap("LightGBM")
     user.wait_for_edit(task["message_id"], "Ready to train")
     worker.hold.set()
     user.tap("🚀 Start training")
     progress = user.wait_for_message(predicate=lambda m: "50%" in (m.get("text") or ""))
     user.send("/jobs")
-    jobs = user.wait_for_message("Recent jobs")
-    assert "Training · running 50%" in jobs["text"]
+    jobs = user.wait_for_message("Your recent jobs")
+    assert "1. 🏋️ Training LightGBM on sales.csv → price\n    ⚙️ running 50%" in jobs["text"]
     user.tap(labels(jobs)[0])
     user.wait_for_message("Training LightGBM cancelled")
     user.wait_for_edit(progress["message_id"], "cancelled, see below")

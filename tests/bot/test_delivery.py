@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -147,7 +148,17 @@ def test_it_honours_retry_after_and_loses_nothing(sandbox, driver, chat):
     drain(make_sender(sandbox))
     assert bot_texts(user) == ["message 0", "message 1", "message 2"]
     first = OutboxMessage.objects.order_by("id").first()
-    assert first.attempts == 2  # the 429, then the send
+    assert first.attempts == 1  # the send; the 429 used up no attempt
+
+
+def test_flood_control_however_long_uses_up_no_attempt(chat):
+    _, account = chat
+    row = enqueue(account, text="waits out a long flood")
+    for _ in range(OutboxMessage.MAX_ATTEMPTS * 3):  # far more 429s than attempts allowed
+        [claimed] = claim("flooded-sender")
+        claims.postpone(claimed, "429: retry after 5s", timedelta(0))
+    row.refresh_from_db()
+    assert row.state == State.PENDING and row.attempts == 0 and row.error == "429: retry after 5s"
 
 
 def test_it_retries_server_errors_and_sends_once(sandbox, driver, chat):
@@ -294,3 +305,73 @@ def test_it_does_not_let_one_busy_chat_hold_up_another(sandbox, driver, chat):
     asyncio.run(first_round())
     assert bot_texts(bob) == ["bob's only message"]
     assert len(bot_texts(ann)) == 3
+
+
+class FakeClock:
+    """The clock boundary: time moves only when the pacer sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+
+
+def test_the_pacer_keeps_a_chat_to_its_burst_then_its_rate():
+    clock = FakeClock()
+    pacer = Pacer(chat_rate=1.0, chat_burst=3, global_rate=100, global_burst=100, clock=clock, sleep=clock.sleep)
+
+    async def five() -> list[float]:
+        times = []
+        for _ in range(5):
+            await pacer.acquire(1)
+            times.append(round(clock.now, 3))
+        return times
+
+    assert asyncio.run(five()) == [0, 0, 0, 1, 2]
+
+
+def test_the_pacer_reserves_overall_slots_without_polling():
+    clock = FakeClock()
+    pacer = Pacer(chat_rate=1.0, chat_burst=3, global_rate=5.0, global_burst=2, clock=clock, sleep=clock.sleep)
+    done: list[float] = []
+
+    async def chat(chat_id: int) -> None:
+        await pacer.acquire(chat_id)
+        done.append(round(clock.now, 3))
+
+    async def many() -> None:
+        await asyncio.gather(*(chat(n) for n in range(12)))
+
+    asyncio.run(many())
+    # Two at once (the burst), then one every 1/5 s, whatever the number of chats waiting.
+    assert sorted(done) == [0, 0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
+    assert clock.sleeps == 10  # one sleep per caller that had to wait: no polling
+
+
+def test_the_pacer_waits_out_a_pause_telegram_asked_for():
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    pacer.pause(7, 5.0)
+    asyncio.run(pacer.acquire(7))
+    assert clock.now == 5.0
+
+
+def test_the_pacer_lets_no_more_than_its_release_burst_out_at_once():
+    clock = FakeClock()
+    pacer = Pacer(chat_burst=100, global_rate=10.0, global_burst=10, release_burst=3, clock=clock,
+                  sleep=clock.sleep)
+
+    async def ten() -> list[float]:
+        times = []
+        for n in range(10):  # ten slots reserved at once (late callers), released three at a time then 10/s
+            await pacer.acquire(n)
+            times.append(round(clock.now, 3))
+        return times
+
+    assert asyncio.run(ten()) == [0, 0, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]

@@ -85,8 +85,8 @@ def test_it_remembers_a_conversation_across_a_restart(settings):
         with SandboxDriver(second.sandbox_url) as driver:
             user = driver.user(9_000_002, first_name="Rae")
             user.send("~/data/sales.csv")  # the path step survived the restart
-            queued = user.wait_for_message("queued")
-            assert "starts as soon as your worker is online" in queued["text"]
+            queued = user.wait_for_message("Reading the file")
+            assert "waiting for scripted-box, offline since" in queued["text"]
             job = second.call(Job.objects.get)
             assert (job.action, job.params["file_path"]) == ("describe", "~/data/sales.csv")
     finally:
@@ -105,7 +105,7 @@ def test_it_queues_a_step_when_the_worker_drops_mid_conversation(running_bot, us
     user.tap(user.last_bot_message()["reply_markup"]["inline_keyboard"][0][0]["text"])
     worker.stop()
     user.send("~/data/sales.csv")
-    assert "queued" in user.wait_for_message("Reading the file")["text"]
+    assert "waiting for scripted-box" in user.wait_for_message("Reading the file")["text"]
 
 
 @pytest.mark.e2e

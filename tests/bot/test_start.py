@@ -31,7 +31,10 @@ def test_it_revokes_the_key_and_issues_a_new_one_on_request(running_bot, user):
     user.send("/start")
     first_key = next(w for w in user.wait_for_message("Welcome")["text"].split() if w.startswith("exp_"))
     user.send("/revoke")
-    user.wait_for_message("is revoked")
+    question = user.wait_for_message("Revoke key")
+    assert running_bot.call(ApiKey.authenticate, first_key).is_active  # nothing happens before the answer
+    user.tap("Yes, revoke it")
+    user.wait_for_edit(question["message_id"], "is revoked")
     assert not running_bot.call(ApiKey.authenticate, first_key).is_active
     user.tap("🔑 Issue a new key")
     new_text = user.wait_for_edit(user.last_bot_message()["message_id"], "new key")["text"]
@@ -96,3 +99,39 @@ def test_it_asks_before_pairing_and_can_decline(running_bot, user):
     user.wait_for_edit(question["message_id"], "nothing changed")
     assert running_bot.call(PairingRequest.objects.get, pk=pairing.pk).state == PairingRequest.State.PENDING
     assert running_bot.call(ApiKey.authenticate, first_key).is_active
+
+
+def test_it_keeps_the_key_when_the_revoke_question_is_declined(running_bot, user):
+    user.send("/start")
+    key = next(w for w in user.wait_for_message("Welcome")["text"].split() if w.startswith("exp_"))
+    user.send("/revoke")
+    question = user.wait_for_message("Revoke key")
+    assert key[:12] in question["text"]
+    user.tap("Keep it")
+    user.wait_for_edit(question["message_id"], "nothing changed")
+    assert running_bot.call(ApiKey.authenticate, key).is_active
+
+
+def _labels(message) -> list[str]:
+    return [b["text"] for row in (message.get("reply_markup") or {}).get("inline_keyboard", []) for b in row]
+
+
+def test_it_answers_free_text_outside_a_conversation_with_next_steps(running_bot, user):
+    user.send("/start")
+    user.wait_for_message("Welcome")
+    user.send("hello, what can you do?")
+    answer = user.wait_for_message("I only understand commands here")
+    assert "/connect" in answer["text"]
+    assert _labels(answer) == ["🔌 Connect Local Worker", "📖 All commands"]
+    user.tap("📖 All commands")
+    assert "/train" in user.wait_for_message("Experiment notifications")["text"]
+
+
+def test_it_answers_an_unknown_command_with_next_steps(running_bot, user):
+    user.send("/start")
+    user.wait_for_message("Welcome")
+    user.send("/trian now")
+    answer = user.wait_for_message("I don't know")
+    assert answer["text"].startswith("🤔 I don't know /trian.")
+    user.tap("🔌 Connect Local Worker")
+    assert "curl -sL" in user.wait_for_message("Run this in a terminal")["text"]

@@ -68,10 +68,13 @@ class FakeServer:
         self.attempts: list[Recorded] = []  # every request received
         self.accepted: list[Recorded] = []  # requests that created something (first of each key)
         self.processes: dict[str, dict[str, Any]] = {}
+        self.commands: dict[str, dict[str, Any]] = {}  # what the chat asks of each process
         self.idempotency: dict[str, tuple[int, dict[str, Any]]] = {}
         self.scripted: dict[str, deque[Action]] = {}
         self.always: Action | None = None
         self.valid_keys: set[str] | None = None
+        self.expired_keys: set[str] = set()  # answered 401 key_expired (rotated, grace period over)
+        self.address_refused_keys: set[str] = set()  # answered 403 ip_not_allowed (an IP allowlist)
         self.pairings: dict[str, dict[str, Any]] = {}
         self.pairing_interval = 0.01
         self._httpd: ThreadingHTTPServer | None = None
@@ -118,6 +121,15 @@ class FakeServer:
         """Answer ``status`` to every notify item (in a batch) for which ``predicate(body)`` holds."""
         with self.cond:
             self.item_failures.append((predicate, status, code or f"http_{status}"))
+
+    def command(self, uuid: str, control: str | None = None, actions: list[str] = ()) -> None:
+        """What the chat asks of process ``uuid``: answered to its next heartbeats, as the server does
+        (``control`` stays until changed; ``actions`` are handed over once)."""
+        with self.cond:
+            wanted = self.commands.setdefault(uuid, {"control": "run", "actions": []})
+            if control is not None:
+                wanted["control"] = control
+            wanted["actions"] = [*wanted["actions"], *actions]
 
     def batches(self) -> list[Recorded]:
         with self.cond:
@@ -211,6 +223,10 @@ class FakeServer:
         key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         if not key or (self.valid_keys is not None and key not in self.valid_keys):
             return 401, {"error": {"code": "invalid_key", "message": "missing or revoked key"}}
+        if key in self.expired_keys:
+            return 401, {"error": {"code": "key_expired", "message": "this key expired: it was replaced"}}
+        if key in self.address_refused_keys:
+            return 403, {"error": {"code": "ip_not_allowed", "message": "this request came from 127.0.0.1"}}
         if path == "/api/validate" and request.method == "GET":
             return 200, {
                 "valid": True,
@@ -287,8 +303,12 @@ class FakeServer:
                 return 404, {"error": {"code": "unknown_process", "message": "start it first"}}
             if path.endswith("finish"):
                 process["state"] = body["status"]
+                self.accepted.append(request)
+                return 200, {"state": process["state"]}
             self.accepted.append(request)
-            return 200, {"state": process["state"]}
+            wanted = self.commands.setdefault(body["uuid"], {"control": "run", "actions": []})
+            taps, wanted["actions"] = wanted["actions"], []
+            return 200, {"state": process["state"], "control": wanted["control"], "actions": taps}
         return 404, {"error": {"code": "not_found", "message": path}}
 
 

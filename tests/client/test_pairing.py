@@ -86,3 +86,25 @@ def test_it_reports_an_unreachable_server(isolated):
 
     with pytest.raises(PairingError, match="cannot start pairing"):
         experiment_bot.setup(server=f"http://127.0.0.1:{free_port()}")
+
+
+def test_it_says_in_one_line_how_to_pass_a_server_when_none_is_configured(isolated, capsys, monkeypatch):
+    from experiment_bot import config
+    from experiment_bot_fake import free_port
+
+    monkeypatch.setattr(config, "DEFAULT_SERVER", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert experiment_bot.setup() is None
+    assert experiment_bot.setup(api_key="exp_Pasted12345") is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]
+    assert "no server is configured" in lines[0]
+    assert 'experiment_bot.setup(server="https://' in lines[0] and "EXPERIMENT_BOT_URL=" in lines[0]
+    assert not (isolated / ".env").exists()
+
+
+def test_it_still_raises_for_an_unreachable_server_that_was_passed(isolated, monkeypatch):
+    from experiment_bot_fake import free_port
+
+    monkeypatch.setenv("EXPERIMENT_BOT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(PairingError, match="cannot start pairing"):
+        experiment_bot.setup()

@@ -34,6 +34,7 @@ from tests.bot.conftest import free_port
 from tg_sandbox import SandboxThread
 from tg_sandbox.testing import SandboxDriver
 from workers.models import Worker
+from workers.script import latest_version
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ CLIENTS = 50
 SINGLES = 5  # per client, then one batch of BATCH
 BATCH = 5
 MACHINE = {"machine_id": "m-load", "hostname": "load-box", "platform": "Linux", "python": "3.11",
-           "worker_version": "1.0.0", "packages": {}}
+           "worker_version": latest_version(), "packages": {}}
 
 
 def server_database_url() -> str:

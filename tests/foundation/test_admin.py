@@ -11,8 +11,8 @@ from accounts.models import ApiKey, PairingRequest
 from core.models import Attachment, OutboxMessage
 from core.site import publish_bot
 from jobs.models import Job
-from notifications.models import AddressCounter, IdempotencyRecord, RateCounter, TrackedProcess
-from telegram_app.models import BotState
+from notifications.models import AddressCounter, FailureDigest, IdempotencyRecord, RateCounter, TrackedProcess
+from telegram_app.models import BotState, Dashboard
 from workers.models import ConnectToken, Worker
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +32,9 @@ def one_of_each(account):
     IdempotencyRecord.objects.create(api_key=key, key="k1", endpoint="notify", status_code=202, response={})
     RateCounter.objects.create(api_key=key, window="10s", window_start=timezone.now(), count=1)
     AddressCounter.objects.create(address="203.0.113.1", window="bad-keys", window_start=timezone.now(), count=1)
+    FailureDigest.objects.create(account=account, members=[{"uuid": str(process.uuid), "what": "crashed"}])
     BotState.objects.create(kind="user_data", key="1", data={})
+    Dashboard.objects.create(account=account, edit_key=f"dash:{account.pk}:abc", text="📋 Dashboard")
     publish_bot(username="statsbot_test_bot")
     return {"secrets": [raw, credential, token_raw], "account": account, "key": key, "worker": worker,
             "job": job, "message": message, "process": process, "token": token, "pairing": pairing}
@@ -133,3 +135,15 @@ def test_it_creates_accounts_keys_jobs_and_messages_from_the_console(staff_clien
     sent = OutboxMessage.objects.get(text="Maintenance at 18:00 UTC")
     assert (sent.state, sent.chat_id, sent.parse_mode) == (OutboxMessage.State.PENDING, account.chat_id, "")
     assert staff_client.get(reverse("admin:core_outboxmessage_add")).status_code == 200
+
+
+def test_the_outbox_page_lists_the_senders_holding_claims_and_their_leases(staff_client, account):
+    from core import claims
+    from core.outbox import enqueue
+
+    enqueue(account, text="in flight")
+    claims.claim("box-1:4242:cafe")
+    page = staff_client.get(reverse("admin:core_outboxmessage_changelist")).content.decode()
+    assert "Senders holding claims now" in page and "box-1:4242:cafe" in page
+    claims.release_expired_claims()  # a live lease is kept
+    assert "box-1:4242:cafe" in staff_client.get(reverse("admin:core_outboxmessage_changelist")).content.decode()

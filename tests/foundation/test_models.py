@@ -13,10 +13,11 @@ from core.state_machine import InvalidTransition
 from jobs.models import Job
 from notifications.models import TrackedProcess
 from workers.models import ConnectToken, Worker
+from workers.script import latest_version
 
 pytestmark = pytest.mark.django_db
 
-MACHINE = {"hostname": "laptop", "platform": "Linux", "python": "3.11.7", "worker_version": "1.0.0",
+MACHINE = {"hostname": "laptop", "platform": "Linux", "python": "3.11.7", "worker_version": latest_version(),
            "packages": {"pandas": "2.2"}, "models": ["lightgbm"]}
 
 
@@ -36,15 +37,24 @@ def test_it_issues_keys_that_are_stored_hashed(account):
     assert ApiKey.authenticate("") is None
 
 
-def test_it_keeps_one_active_key_per_account(account):
+def test_it_keeps_the_other_keys_working_when_one_is_issued(account):
     first, first_raw = ApiKey.issue(account)
-    second, _ = ApiKey.issue(account)
+    second, _ = ApiKey.issue(account, name="gpu-box")
     first.refresh_from_db()
-    assert first.revoked_at is not None and second.is_active
-    assert ApiKey.authenticate(first_raw) is not None  # found, but…
-    assert not ApiKey.authenticate(first_raw).is_active  # …revoked
-    with pytest.raises(IntegrityError), transaction.atomic():
-        ApiKey.objects.create(account=account, prefix="exp_x", secret_hash="f" * 64)
+    assert first.is_active and second.is_active and second.name == "gpu-box"
+    assert ApiKey.authenticate(first_raw).is_active
+    assert account.active_keys() == [second, first]
+
+
+def test_it_renames_a_key_to_one_clean_line(account):
+    key, _ = ApiKey.issue(account)
+    assert key.label == key.prefix + "…"
+    assert key.rename("  my\nlaptop\x07 ") == "my laptop"
+    key.refresh_from_db()
+    assert key.name == "my laptop" and key.label == "my laptop"
+    assert len(key.rename("x" * 500)) == 64
+    with pytest.raises(ValueError):
+        key.rename(" \n ")
 
 
 def test_it_refuses_to_revoke_a_key_twice(account):

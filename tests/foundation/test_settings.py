@@ -1,3 +1,4 @@
+import importlib.metadata
 from pathlib import Path
 
 import environ
@@ -18,7 +19,7 @@ PROD = {
 def config(monkeypatch, **variables):
     for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "PUBLIC_URL",
                  "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_BOT_USERNAME", "LOG_LEVEL",
-                 "WORKER_DISCONNECT_GRACE", "JOB_LOST_GRACE", "HEARTBEAT_GRACE", "DATABASE_POOL_SIZE",
+                 "WORKER_DISCONNECT_GRACE", "JOB_LOST_GRACE", "HEARTBEAT_GRACE", "PROCESS_LOST_AFTER", "DATABASE_POOL_SIZE",
                  "TRUSTED_PROXY_COUNT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
@@ -37,6 +38,11 @@ def test_it_runs_on_embedded_defaults(monkeypatch):
     assert cfg.public_url == "http://127.0.0.1:8000"
 
 
+def test_it_reads_when_a_stalled_process_is_marked_lost(monkeypatch):
+    assert config(monkeypatch).process_lost_after == 24 * 3600
+    assert config(monkeypatch, PROCESS_LOST_AFTER="7200").process_lost_after == 7200
+
+
 def test_it_switches_to_postgres_and_redis(monkeypatch):
     cfg = config(monkeypatch, DATABASE_URL="postgres://postgres@127.0.0.1:5432/test",
                  REDIS_URL="redis://127.0.0.1:6379/0")
@@ -44,7 +50,12 @@ def test_it_switches_to_postgres_and_redis(monkeypatch):
     assert cfg.database["NAME"] == "test"
     assert cfg.database["HOST"] == "127.0.0.1"
     assert cfg.channel_layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
-    assert cfg.channel_layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:6379/0"]
+    [host] = cfg.channel_layer["CONFIG"]["hosts"]
+    assert host["address"] == "redis://127.0.0.1:6379/0"
+    # above channels_redis's 5 s blocking receive (redis-py 8 defaults to 5 s: channels_redis issue 422)
+    assert host["socket_timeout"] >= 5 * 2
+    # redis-py's version read once, not from package metadata for every new connection
+    assert host["driver_info"].lib_version == importlib.metadata.version("redis")
 
 
 def test_it_reads_a_production_configuration(monkeypatch):
@@ -69,11 +80,17 @@ def test_it_reads_a_production_configuration(monkeypatch):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"JOB_LOST_GRACE": "soon"}, "JOB_LOST_GRACE"),
         ({"WORKER_DISCONNECT_GRACE": "-5"}, "WORKER_DISCONNECT_GRACE"),
+        ({"PROCESS_LOST_AFTER": "0"}, "PROCESS_LOST_AFTER"),
+        ({"PROCESS_LOST_AFTER": "a day"}, "PROCESS_LOST_AFTER"),
         ({"DATABASE_URL": "postgres://h/db", "DATABASE_POOL_SIZE": "-1"}, "DATABASE_POOL_SIZE"),
         ({"DATABASE_URL": "postgres://h/db", "DATABASE_POOL_SIZE": "many"}, "DATABASE_POOL_SIZE"),
         ({"DATABASE_URL": "sqlite://"}, "DATABASE_URL"),
         ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT"),
         ({"TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT"),
+        ({"FAILURE_DIGEST_WINDOW": "-1"}, "FAILURE_DIGEST_WINDOW"),
+        ({"FAILURE_DIGEST_HOLD": "61"}, "FAILURE_DIGEST_HOLD"),  # longer than the window
+        ({"FAILURE_DIGEST_WINDOW": "3600", "FAILURE_DIGEST_HOLD": "600"}, "FAILURE_DIGEST_HOLD"),  # chats wait behind it
+        ({"FAILURE_DIGEST_THRESHOLD": "1"}, "FAILURE_DIGEST_THRESHOLD"),
         ({**PROD, "SECRET_KEY": ""}, "SECRET_KEY"),
         ({**PROD, "SECRET_KEY": "short"}, "SECRET_KEY"),
         ({**PROD, "ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),

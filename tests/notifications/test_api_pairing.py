@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from accounts.models import ApiKey, PairingRequest
+from accounts.models import REPAIR_GRACE, ApiKey, PairingRequest
 from accounts.pairing import PairingRefusal, confirm_pairing, expire_pairings
 from core.models import OutboxMessage
 from notifications import ratelimit
@@ -104,12 +105,28 @@ def test_it_refuses_unknown_and_used_codes_in_the_bot(anonymous, make_account):
     assert not second.api_keys.exists()
 
 
-def test_it_replaces_the_accounts_previous_key(anonymous, account):
-    old, _ = ApiKey.issue(account)
-    started = register(anonymous)
-    confirm_pairing(account, started["code"])
-    old.refresh_from_db()
-    assert not old.is_active and account.active_key().secret_hash != old.secret_hash
+def test_it_adds_a_key_per_machine_and_replaces_only_the_same_machines(anonymous, account):
+    chat_key, _ = ApiKey.issue(account)
+    laptop = confirm_pairing(account, register(anonymous, hostname="laptop")["code"])
+    gpu = confirm_pairing(account, register(anonymous, hostname="gpu-box")["code"])
+    assert (laptop.name, gpu.name) == ("laptop", "gpu-box")
+    assert {k.pk for k in account.active_keys()} == {chat_key.pk, laptop.pk, gpu.pk}
+    laptop.set_allowed_networks(["10.0.0.0/8"])
+    laptop_again = confirm_pairing(account, register(anonymous, hostname="laptop")["code"])
+    laptop.refresh_from_db()
+    # Paired again: the old key works a few minutes more (running scripts switch over), then expires.
+    assert laptop.replaced_by == laptop_again and laptop.expires_at is not None
+    assert laptop.expires_at - timezone.now() <= REPAIR_GRACE
+    assert laptop_again.allowed_networks == ["10.0.0.0/8"] and laptop_again.expires_at is None
+    with mock.patch("django.utils.timezone.now", return_value=timezone.now() + REPAIR_GRACE):
+        laptop.refresh_from_db()
+        assert not laptop.is_active and laptop_again.is_active
+        assert {k.pk for k in account.active_keys()} == {chat_key.pk, gpu.pk, laptop_again.pk}
+
+
+def test_it_names_a_paired_key_after_its_label_when_given(anonymous, account):
+    key = confirm_pairing(account, register(anonymous, hostname="box", label="cluster node 3")["code"])
+    assert key.name == "cluster node 3"
 
 
 def test_it_expires_stale_pairings(anonymous, account):

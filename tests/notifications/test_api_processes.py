@@ -32,7 +32,7 @@ def test_it_starts_a_process_and_announces_it(api, account):
     assert (process.account, process.name, process.tags) == (account, "train.py", ["lr=0.1"])
     assert (process.heartbeat_interval, process.progress_total, process.metadata) == (31, 1000, {"host": "gpu-box"})
     [row] = process_rows()
-    assert row.payload == {"uuid": body["uuid"], "event": "started"} and row.edit_key == ""
+    assert row.payload == {"uuid": body["uuid"], "event": "started"} and row.edit_key == process.control_edit_key
 
 
 def test_it_answers_a_repeated_start_with_200_and_no_second_row(api):
@@ -89,7 +89,7 @@ def test_it_records_heartbeats_with_metrics_as_a_series(api):
     for step, loss in enumerate([0.9, 0.5, 0.3]):
         response = api.post("/api/heartbeat", {"uuid": body["uuid"], "metrics": {"loss": loss, "nan": None},
                                                "step": step})
-        assert response.status_code == 200 and response.json() == {"state": "running"}
+        assert response.status_code == 200 and response.json() == {"state": "running", "control": "run", "actions": []}
     process = TrackedProcess.objects.get()
     assert process.metrics == {"loss": 0.3}
     assert [p["step"] for p in process.metric_series] == [0, 1, 2]
@@ -162,7 +162,7 @@ def test_it_finishes_a_process_and_edits_its_progress_message_once_more(api):
     assert (process.runtime_s, process.peak_memory_mb, process.metrics) == (12.5, 512, {"acc": 0.9})
     rows = process_rows()
     assert [(m.payload["event"], m.edit_key) for m in rows] == [
-        ("started", ""), ("progress", process.progress_edit_key), ("progress", process.progress_edit_key),
+        ("started", process.control_edit_key), ("progress", process.progress_edit_key), ("progress", process.progress_edit_key),
         ("finished", ""),
     ]
 

@@ -85,3 +85,33 @@ def test_it_claims_a_pairing_key_once_under_concurrent_polls(account):
     results = all_at_once(poll)
     assert sorted(status for status, _ in results) == [200] + [404] * (THREADS - 1), results
     assert sum("api_key" in body for _, body in results) == 1
+
+
+def test_it_puts_runs_failing_at_once_into_one_digest(issued_key, settings):
+    from notifications import services
+    from notifications.models import FailureDigest
+
+    settings.FAILURE_DIGEST_WINDOW, settings.FAILURE_DIGEST_HOLD, settings.FAILURE_DIGEST_THRESHOLD = 60, 5, 3
+    api = ApiClient(issued_key[1])
+    RUNS = 16
+    uuids = []
+    for _ in range(RUNS):
+        body = start_body()
+        assert api.post("/api/processes/start", body).status_code in (200, 201)
+        uuids.append(body["uuid"])
+    turn = iter(uuids)
+    lock = threading.Lock()
+
+    def crash():
+        with lock:
+            process_uuid = next(turn)
+        process, finished = services.finish_process(issued_key[0], uuid=process_uuid, status="failed",
+                                                    error="RuntimeError: node down")
+        return finished
+
+    assert all_at_once(crash, RUNS) == [True] * RUNS
+    group = FailureDigest.objects.get()
+    assert sorted(m["uuid"] for m in group.members) == sorted(uuids)
+    alive = OutboxMessage.objects.exclude(payload__event="started").exclude(state="superseded")
+    assert {row.payload["event"] for row in alive} == {"digest"}  # the first two alerts were folded
+    assert alive.count() == RUNS - 2  # one digest row per failure from the third on; the sender sends the newest

@@ -154,6 +154,13 @@ def test_it_shows_the_final_state_in_the_progress_message(key):
     assert "▓▓▓▓▓▓▓▓▓▓ 100% · 10/10" in text and "✅ finished in 1m 15s" in text and "ETA" not in text
 
 
+def test_it_shows_the_last_metrics_in_the_progress_message(key):
+    process = start(key, total=10)
+    services.heartbeat(key, uuid=process.uuid, done=3, metrics={"loss": 0.25, "val_acc": 0.875}, step=3)
+    text = render_process(rows(process, "progress")[-1]).text
+    assert "30% · 3/10" in text and "📊 loss 0.25 · val_acc 0.875" in text
+
+
 def test_it_formats_progress_pieces():
     assert progress_text(5, None, 10.0) == "5 done · 2.0 s/it"
     assert progress_text(0, 100, 0) == "░░░░░░░░░░ 0% · 0/100"

@@ -69,7 +69,7 @@ def test_it_reports_a_recovery_when_heartbeats_resume_and_can_stall_again(api, i
     silence(process, 400)
     services.mark_stalled_processes(grace=60)
     response = api.post("/api/heartbeat", {"uuid": str(process.uuid)})
-    assert response.json() == {"state": "running"}
+    assert response.json() == {"state": "running", "control": "run", "actions": []}
     recovered = events(process)[-1]
     assert recovered["event"] == "recovered" and recovered["silent_s"] >= 400
     api.post("/api/heartbeat", {"uuid": str(process.uuid)})

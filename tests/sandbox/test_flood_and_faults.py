@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
 import pytest
 
 from tg_sandbox import FaultRule, FloodConfig, SandboxServer
+from tg_sandbox.faults import FaultQueue
 from tg_sandbox.flood import FloodControl
 
 from .helpers import call
@@ -237,7 +239,8 @@ async def test_it_manages_faults_over_the_user_api(
     ) as response:
         body = await response.json()
     assert body["added"] == [
-        {"method": "sendMessage", "kind": "429", "count": 2, "chat_id": None, "retry_after": 3, "delay": 1.0}
+        {"method": "sendMessage", "kind": "429", "count": 2, "chat_id": None, "retry_after": 3, "delay": 1.0,
+         "duration": 0.0}
     ]
     async with http.post(base, json={"kind": "meteor"}) as response:
         assert response.status == 400
@@ -266,3 +269,31 @@ async def test_it_switches_flood_control_over_the_user_api(
         assert (await response.json())["enabled"] is False
     status, _ = await call(http, sandbox.api_base_url, sandbox.token, "sendMessage", chat_id=USER, text="x")
     assert status == 200
+
+
+def test_a_rule_with_a_duration_answers_every_call_until_it_ends() -> None:
+    now = [100.0]
+    faults = FaultQueue(clock=lambda: now[0])
+    faults.add(method="sendMessage", kind="429", retry_after=5, duration=60)
+    taken = [faults.take("sendMessage", 1) for _ in range(50)]  # far more than its count of 1
+    assert all(rule is not None and rule.retry_after == 5 for rule in taken)
+    now[0] += 59.9
+    assert faults.take("sendMessage", 2) is not None
+    now[0] += 0.2
+    assert faults.take("sendMessage", 2) is None and faults.rules() == []
+
+
+async def test_it_answers_429_for_the_rules_duration_over_the_bot_api(
+    sandbox: SandboxServer, http: aiohttp.ClientSession, users: None
+) -> None:
+    async with http.post(f"{sandbox.url}/sandbox/api/faults",
+                         json={"method": "sendMessage", "kind": "429", "retry_after": 7, "duration": 0.5}):
+        pass
+    statuses = [(await call(http, sandbox.api_base_url, sandbox.token, "sendMessage", chat_id=USER, text="x"))
+                for _ in range(5)]
+    assert [status for status, _ in statuses] == [429] * 5
+    assert all(body["parameters"]["retry_after"] == 7 for _, body in statuses)
+    deadline = time.monotonic() + 10
+    while (await call(http, sandbox.api_base_url, sandbox.token, "sendMessage", chat_id=USER, text="y"))[0] == 429:
+        assert time.monotonic() < deadline, "the rule did not end"
+        await asyncio.sleep(0.05)  # polling until the rule's minute (here half a second) is over

@@ -70,8 +70,8 @@ def test_it_edits_one_progress_message_and_finishes_with_a_chart(running_bot, us
     assert "100/100" in text_of(final)
     finished = user.wait_for_message(predicate=lambda m: "finished in" in text_of(m), timeout=30)
     assert "loss" in text_of(finished)
-    chart = user.wait_for_message(predicate=lambda m: bool(m.get("photo")), timeout=30)
-    assert user.download(chart["photo"][-1]["file_id"]).startswith(b"\x89PNG")
+    assert finished.get("photo"), "the chart and its text arrive as one message (the text is the caption)"
+    assert user.download(finished["photo"][-1]["file_id"]).startswith(b"\x89PNG")
     progress_messages = [m for m in user.bot_messages() if "%" in text_of(m) and "▓" in text_of(m)]
     assert len(progress_messages) == 1, "progress must edit one message, not send many"
     assert started["message_id"] != progress["message_id"]
@@ -113,7 +113,8 @@ def test_it_reports_a_killed_process_as_stalled(running_bot, user, api_key, sett
 
 def test_it_revokes_a_key_so_scripts_can_no_longer_send(running_bot, user, api_key):
     user.send("/revoke")
-    user.wait_for_message("is revoked")
+    user.tap("Yes, revoke it", message=user.wait_for_message("Revoke key"))
+    user.wait_for_edit(user.last_bot_message()["message_id"], "is revoked")
     check = textwrap.dedent("""
         import sys, experiment_bot
         from experiment_bot.errors import ApiError

@@ -43,6 +43,19 @@ def sw():
     return load_worker_module()
 
 
+@pytest.fixture(scope="session")
+def current_version(sw):
+    """The version the script under test reports (what "up to date" means)."""
+    return sw.WORKER_VERSION
+
+
+@pytest.fixture(scope="session")
+def newer_version(current_version):
+    """A version strictly newer than the script's (its patch number + 1): an update offer."""
+    major, minor, patch = (int(part) for part in current_version.split(".")[:3])
+    return f"{major}.{minor}.{patch + 1}"
+
+
 @pytest.fixture
 def data_root(tmp_path):
     root = tmp_path / "data"
@@ -109,6 +122,7 @@ class FakeServer:
         self.files: dict[str, str] = {}  # other paths served over HTTP (e.g. "/worker_evil")
         self.http_requests: list[str] = []
         self._server = None
+        self.latest_version = load_worker_module().WORKER_VERSION  # the script it serves: up to date
 
     async def start(self) -> FakeServer:
         from websockets.asyncio.server import serve
@@ -165,7 +179,7 @@ class FakeServer:
                 "user_id": 1,
                 "worker_id": 7,
                 "message": "Authentication successful",
-                "latest_version": "1.0.0",
+                "latest_version": self.latest_version,
                 "update_required": False,
                 "heartbeat_interval": self.heartbeat_interval,
             }

@@ -107,11 +107,101 @@ def test_it_enables_without_starting_when_asked(sw, tmp_path):
     assert ["systemctl", "--user", "enable", "statsbot-worker.service"] in runner.calls
 
 
-def test_it_returns_manual_steps_when_systemctl_fails(sw, tmp_path):
-    env = _env(sw, tmp_path, "Linux", FakeRunner(fail=["systemctl"]))
+class LinuxRunner:
+    """systemctl without a user bus (or with one), and a crontab kept in memory."""
+
+    def __init__(self, user_bus=False, crontab=None, crontab_works=True):
+        self.calls = []
+        self.user_bus = user_bus
+        self.crontab = crontab  # None: the user has no crontab yet
+        self.crontab_works = crontab_works
+        self.writes = 0
+
+    def __call__(self, cmd):
+        self.calls.append(list(cmd))
+        if cmd[0] == "systemctl":
+            if self.user_bus:
+                return 0, ""
+            return 1, "Failed to connect to bus: No medium found"
+        if cmd[0] == "crontab":
+            if not self.crontab_works:
+                return 127, "crontab: command not found"
+            if cmd[1:] == ["-l"]:
+                return (0, self.crontab) if self.crontab is not None else (1, "no crontab for ann")
+            self.crontab = Path(cmd[1]).read_text()
+            self.writes += 1
+            return 0, ""
+        return 0, ""
+
+
+def test_it_falls_back_to_a_reboot_crontab_line_without_a_systemd_user_bus(sw, tmp_path):
+    runner = LinuxRunner(crontab="0 * * * * ~/backup.sh\n")
+    env = _env(sw, tmp_path, "Linux", runner)
+    started = []
+    env.spawn = lambda argv, child_env: started.append((argv, child_env["STATSBOT_HOME"]))
     result = sw.install_autostart(env)
-    assert result["enabled"] is False and env.systemd_path().exists()
-    assert "systemctl --user daemon-reload" in result["manual_steps"]
+    assert result["enabled"] and result["method"] == "cron"
+    assert "@reboot line in your crontab" in result["message"] and "no systemd user session" in result["message"]
+    assert "Failed to connect to bus" in result["message"]
+    lines = runner.crontab.splitlines()
+    assert lines[0] == "0 * * * * ~/backup.sh" and len(lines) == 2
+    assert lines[1].startswith("@reboot STATSBOT_HOME=") and lines[1].endswith(sw.CRON_TAG)
+    assert "'/opt/py 3/bin/python3'" in lines[1] and "--foreground" in lines[1]
+    assert not env.systemd_path().exists()  # nothing left behind that cannot work
+    assert started == [([str(env.python), str(env.script), "--foreground"], str(env.statsbot_home))]
+    assert not list(env.statsbot_home.glob("crontab.*"))  # the temporary file is gone
+    assert sw.install_autostart(env, start_now=False)["enabled"] and runner.writes == 1  # idempotent
+    removed = sw.remove_autostart(env)
+    assert removed["method"] == "cron" and "removed the @reboot line from your crontab" in removed["message"]
+    assert runner.crontab.splitlines() == ["0 * * * * ~/backup.sh"]  # exactly that line went
+    assert sw.remove_autostart(env)["message"] == "Autostart was already off."
+
+
+def test_it_escapes_percent_signs_for_cron(sw, tmp_path):
+    env = _env(sw, tmp_path, "Linux", LinuxRunner())
+    env.script = Path("/home/ann/100%/statsbot_worker.py")
+    assert "100\\%" in sw.cron_line(env)
+
+
+def test_it_writes_an_xdg_autostart_entry_in_a_desktop_session(sw, tmp_path):
+    runner = LinuxRunner(crontab="")
+    env = _env(sw, tmp_path, "Linux", runner)
+    env.desktop = True
+    result = sw.install_autostart(env, start_now=False)
+    entry = env.home / ".config" / "autostart" / "statsbot-worker.desktop"
+    assert result["enabled"] and result["method"] == "xdg-autostart" and result["path"] == str(entry)
+    assert "XDG autostart entry" in result["message"] and "log in to your desktop" in result["message"]
+    text = entry.read_text()
+    assert text.startswith("[Desktop Entry]\nType=Application\n")
+    exec_line = next(line for line in text.splitlines() if line.startswith("Exec="))
+    assert exec_line == (f'Exec="env" "STATSBOT_HOME={env.statsbot_home}" "/opt/py 3/bin/python3" '
+                         f'"{env.script}" "--foreground"')
+    assert runner.writes == 0  # the crontab is not touched
+    removed = sw.remove_autostart(env)
+    assert removed["method"] == "xdg-autostart" and not entry.exists()
+    assert "removed the XDG autostart entry" in removed["message"]
+
+
+def test_it_quotes_desktop_entry_arguments(sw):
+    assert sw._desktop_quote('a "b" $c 5%') == '"a \\\\"b\\\\" \\\\$c 5%%"'
+
+
+def test_it_gives_manual_steps_when_neither_systemd_nor_crontab_works(sw, tmp_path):
+    env = _env(sw, tmp_path, "Linux", LinuxRunner(crontab_works=False))
+    result = sw.install_autostart(env)
+    assert result["enabled"] is False and "crontab cannot be used" in result["message"]
+    assert result["manual_steps"][0].startswith("Add this line with crontab -e: @reboot ")
+
+
+def test_it_moves_from_a_fallback_to_systemd_once_the_user_bus_is_there(sw, tmp_path):
+    runner = LinuxRunner(crontab="")
+    env = _env(sw, tmp_path, "Linux", runner)
+    env.spawn = lambda argv, child_env: None
+    assert sw.install_autostart(env)["method"] == "cron"
+    runner.user_bus = True
+    result = sw.install_autostart(env)
+    assert result["method"] == "systemd" and env.systemd_path().exists()
+    assert sw.CRON_TAG not in runner.crontab  # never started twice at boot
 
 
 def test_it_installs_and_removes_launchd(sw, tmp_path):

@@ -1,7 +1,8 @@
 """The data budget, as a property: whatever the file holds, no result carries more of it than allowed.
 
-Files of unique random strings and numbers go through every job type (describe, train for
-classification and regression, predict with both models, list_models, delete_model). Every
+Files of unique random strings and numbers go through every job type (describe, check, train for
+classification and regression — linear, LightGBM and auto —, predict with both models and
+explain, list_models, delete_model). Every
 cell value of the file that shows up in a result is counted: inside ``sample`` at most 10 rows;
 everywhere else only category labels (at most 50, each at most 200 characters) and not a single
 number from the file (charts carry bins, metrics are statistics).
@@ -100,7 +101,9 @@ def assert_within_budget(result, frame):
     ],
 )
 @given(
-    frame=files(), test_size=st.sampled_from([0.2, 0.5]), regressor=st.sampled_from(["linear", "lightgbm"])
+    frame=files(),
+    test_size=st.sampled_from([0.2, 0.5]),
+    regressor=st.sampled_from(["linear", "lightgbm", "auto"]),
 )
 def test_no_result_carries_more_of_the_file_than_the_budget(
     sw, settings, tmp_path_factory, frame, test_size, regressor
@@ -117,14 +120,19 @@ def test_no_result_carries_more_of_the_file_than_the_budget(
         return sw.execute_job(fn, sw.JobContext("j", params, settings))
 
     assert_within_budget(run(sw.job_describe, {"file_path": str(path)}), as_read)
+    for target in ("label", "amount", "Amount", "text"):  # the check action, also refusing and suggesting
+        assert_within_budget(run(sw.job_check, {"path": str(path), "target": target}), as_read)
     jobs = {
         "label": {"model_type": "linear", "task_type": "classification"},
-        "amount": {"model_type": regressor, "task_type": "regression"},
+        "amount": {"model_type": regressor, "task_type": "regression", "time_budget_s": 10},
     }
     for target, extra in jobs.items():
         params = {"file_path": str(path), "target_column": target, "test_size": test_size, **extra}
         trained = assert_within_budget(run(sw.job_train, params), as_read)
-        predicted = run(sw.job_predict, {"file_path": str(path), "model_id": trained["model_id"]})
+        explain = trained["model_type"] in ("lightgbm", "auto")  # why_ columns stay in the file
+        predicted = run(
+            sw.job_predict, {"file_path": str(path), "model_id": trained["model_id"], "explain": explain}
+        )
         assert_within_budget(predicted, as_read)
         assert predicted["data"]["rows"] == len(frame)
     listed = assert_within_budget(run(sw.job_list_models, {}), as_read)

@@ -121,7 +121,7 @@ def test_it_defaults_to_home_and_validates_allowed_dirs(sw, tmp_path):
     home, outputs = sw.Path(os.path.realpath(sw.Path.home())), sw.Path(os.path.realpath(paths.outputs))
     assert s.allowed_roots == [home, outputs]  # the worker's own outputs stay readable
     assert sw.settings_to_config(s, {})["allowed_dirs"] == [str(sw.Path.home())]
-    assert s.max_file_bytes == 2048 * 1024 * 1024
+    assert s.max_file_bytes == 20 * 1024**3  # files bigger than memory are sampled (train) or streamed (predict)
     assert len(s.machine_id) == 32
     with pytest.raises(sw.UsageError):
         sw.resolve_settings(
@@ -156,6 +156,7 @@ def test_it_lists_missing_and_too_old_packages(sw):
     versions = {"websockets": "10.4", "pandas": "2.2.3", "scikit-learn": None, "lightgbm": "4.5.0"}
     assert sw.missing_required(versions) == ["websockets", "scikit-learn"]
     assert sw.available_models({"lightgbm": "4", "scikit-learn": "1.5", "xgboost": None}) == [
+        "auto",
         "lightgbm",
         "random_forest",
         "linear",
@@ -184,17 +185,19 @@ def _ensure(sw, tmp_path, argv, **kwargs):
         kwargs.pop("versions", _missing_all()),
         stdin_isatty=kwargs.pop("tty", False),
         have_copy=True,
-        create_env=lambda venv, reqs, c: calls.setdefault("env", (venv, reqs)) and venv / "bin" / "python",
+        create_env=lambda venv, reqs, c, **kw: (
+            calls.setdefault("env", (venv, reqs)) and venv / "bin" / "python"
+        ),
         exec_fn=lambda argv: calls.setdefault("exec", argv),
         **kwargs,
     )
     return code, calls, "\n".join(console.lines)
 
 
-def test_it_requires_yes_when_it_cannot_ask(sw, tmp_path):
-    code, calls, text = _ensure(sw, tmp_path, [])
-    assert code == sw.EXIT_MISSING_PACKAGES and not calls
-    assert "--yes" in text and "pip install" in text and "websockets" in text
+def test_it_installs_by_default_and_says_so_when_there_is_no_terminal(sw, tmp_path):
+    code, calls, text = _ensure(sw, tmp_path, [], ask_fn=lambda prompt: None)
+    assert code == sw.EXIT_OK and calls["env"][0] == tmp_path / "venv" and "exec" in calls
+    assert "no terminal to ask you in" in text and "--no-install" in text
 
 
 def test_it_prints_the_pip_command_with_no_install(sw, tmp_path):
@@ -211,17 +214,20 @@ def test_it_installs_into_the_private_env_and_restarts_with_yes(sw, tmp_path):
 
 
 def test_it_asks_on_a_terminal_and_respects_no(sw, tmp_path):
-    code, calls, _ = _ensure(sw, tmp_path, [], tty=True, input_fn=lambda prompt: "n")
+    code, calls, _ = _ensure(sw, tmp_path, [], tty=True, ask_fn=lambda prompt: "n")
     assert code == sw.EXIT_MISSING_PACKAGES and not calls
-    code, calls, _ = _ensure(sw, tmp_path, [], tty=True, input_fn=lambda prompt: "y")
+    code, calls, _ = _ensure(sw, tmp_path, [], tty=True, ask_fn=lambda prompt: "y")
+    assert code == sw.EXIT_OK and "exec" in calls
+    code, calls, _ = _ensure(sw, tmp_path, [], tty=True, ask_fn=lambda prompt: "")  # Enter means yes
     assert code == sw.EXIT_OK and "exec" in calls
 
 
 def test_it_does_not_loop_when_the_private_env_still_lacks_packages(sw, tmp_path, monkeypatch):
     monkeypatch.setattr(sw, "running_in_venv", lambda venv: True)
+    monkeypatch.setenv(sw.REPAIRED_ENV, "1")  # this run follows a repair
     code, calls, text = _ensure(sw, tmp_path, ["--yes"])
     assert code == sw.EXIT_MISSING_PACKAGES and not calls
-    assert "already the worker's private environment" in text
+    assert "Repair it with" in text
 
 
 def test_it_does_nothing_when_packages_are_present(sw, tmp_path):

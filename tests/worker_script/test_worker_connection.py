@@ -222,16 +222,19 @@ async def test_it_sends_application_pings(make_client, fake_server):
 
 
 async def test_it_updates_itself_from_the_server_and_asks_to_restart(
-    sw, make_client, fake_server, settings, script_path
+    sw, make_client, fake_server, settings, script_path, newer_version
 ):
-    new_text = script_path.read_text().replace('WORKER_VERSION = "1.0.0"', 'WORKER_VERSION = "1.0.1"')
+    new_text = script_path.read_text().replace(
+        f'WORKER_VERSION = "{sw.WORKER_VERSION}"', f'WORKER_VERSION = "{newer_version}"'
+    )
+    assert new_text != script_path.read_text()
     fake_server.script_text = new_text
     settings.auto_update = True
     argv = [sys.executable, "statsbot_worker.py", "--server", fake_server.url]
     client = make_client(reexec_argv=argv)
     task = await _start(client)
     ws = await fake_server.connection()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     outcome = await asyncio.wait_for(task, 60)
     assert outcome.kind == "reexec" and outcome.argv == argv
     assert settings.paths.script.read_text() == new_text and fake_server.downloads == 1
@@ -246,7 +249,9 @@ async def test_it_keeps_running_when_the_update_is_broken(sw, make_client, fake_
     await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "2.0.0"}))
     await _job(ws, "after", "list_models")
     await fake_server.next("result", "after")
-    assert any("Update failed" in line and "keeping version 1.0.0" in line for line in client.console.lines)
+    assert any(
+        "Update failed" in line and f"keeping version {sw.WORKER_VERSION}" in line for line in client.console.lines
+    )
     assert not settings.paths.script.exists()
     await ws.send(json.dumps({"type": "update", "url": "https://elsewhere.example/worker"}))
     await _job(ws, "after2", "list_models")

@@ -89,11 +89,21 @@ def test_it_merges_running_statistics_chunk_by_chunk(sw):
     stats = sw.RunningStats()
     for start in range(0, len(data), 97):
         stats.add(data[start : start + 97])
+    assert stats.mean == pytest.approx(data.mean(), abs=1e-9)
+    assert (stats.m2 / (stats.n - 1)) ** 0.5 == pytest.approx(data.std(ddof=1), abs=1e-9)
+    assert (stats.min, stats.max) == (data.min(), data.max())
+    s = stats.summary()  # as it leaves the machine: statistics quoted to 4 significant digits
+    assert s == {"count": 1001, "mean": float(f"{data.mean():.4g}"), "std": float(f"{data.std(ddof=1):.4g}"),
+                 "min": float(f"{data.min():.4g}"), "max": float(f"{data.max():.4g}")}
+
+
+def test_it_never_sends_an_extreme_prediction_as_it_is(sw):
+    # A model that learnt the file by heart predicts its values: the summary must not carry them.
+    stats = sw.RunningStats()
+    stats.add([1234.5678, 899184538.016421, 5000.25])
     s = stats.summary()
-    assert s["count"] == 1001
-    assert s["mean"] == pytest.approx(data.mean(), abs=1e-6)
-    assert s["std"] == pytest.approx(data.std(ddof=1), abs=1e-6)
-    assert (s["min"], s["max"]) == (pytest.approx(data.min()), pytest.approx(data.max()))
+    assert (s["min"], s["max"]) == (1235.0, 899200000.0)
+    assert not {s["min"], s["max"], s["mean"]} & {1234.5678, 899184538.016421, 5000.25}
 
 
 def test_it_caps_the_result_size_by_cutting_lists(sw):
@@ -233,8 +243,8 @@ def test_it_trains_and_predicts_diabetes_regression(sw, run_job, data_root, diab
     )
     assert pred["rows"] == 442 and pred["summary"]["count"] == 442
     out = pd.read_csv(pred["output_path"])
-    assert pred["summary"]["mean"] == pytest.approx(out["prediction"].mean(), rel=1e-6)
-    assert pred["summary"]["max"] == pytest.approx(out["prediction"].max(), rel=1e-6)
+    assert pred["summary"]["mean"] == pytest.approx(out["prediction"].mean(), rel=1e-3)
+    assert pred["summary"]["max"] == pytest.approx(out["prediction"].max(), rel=1e-3)
 
 
 def test_it_predicts_in_chunks_with_unseen_categories_and_extra_columns(sw, run_job, data_root):

@@ -118,16 +118,20 @@ def _run_sync(args, tmp_path, **kwargs):
         capture_output=True,
         text=True,
         timeout=60,
+        start_new_session=True,  # no controlling terminal: the worker must not ask
         **kwargs,
     )
 
 
 def test_it_explains_what_is_missing_with_only_the_standard_library(tmp_path, script_path):
     # -S -I: no site-packages, so not one of the worker's packages can be found.
-    proc = _run_sync(["-S", "-I", str(script_path), "--server", "ws://127.0.0.1:9", "--token", "t"], tmp_path)
+    proc = _run_sync(
+        ["-S", "-I", str(script_path), "--server", "ws://127.0.0.1:9", "--token", "t", "--no-install"],
+        tmp_path,
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "websockets, pandas, scikit-learn, lightgbm" in proc.stdout
-    assert "--yes" in proc.stdout and "pip install" in proc.stdout
+    assert "pip install" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -141,6 +145,6 @@ def test_it_tells_the_user_to_connect_when_there_is_no_token_or_credential(tmp_p
     assert proc.returncode == 2 and "/connect" in proc.stdout
 
 
-def test_it_prints_its_version(tmp_path, script_path):
+def test_it_prints_its_version(tmp_path, script_path, current_version):
     proc = _run_sync([str(script_path), "--version"], tmp_path)
-    assert proc.returncode == 0 and proc.stdout.strip() == "statsbot-worker 1.0.0 (protocol 1)"
+    assert proc.returncode == 0 and proc.stdout.strip() == f"statsbot-worker {current_version} (protocol 1)"

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -50,8 +51,13 @@ async def _roundtrip(fake_server, ws, job_id):
     return await fake_server.next("result", job_id)
 
 
-def _new_version_script(script_path, version="1.0.1"):
-    return script_path.read_text().replace('WORKER_VERSION = "1.0.0"', f'WORKER_VERSION = "{version}"')
+def _new_version_script(script_path, version):
+    """The script under test with its WORKER_VERSION line set to ``version``."""
+    text, count = re.subn(
+        r'^WORKER_VERSION = "[^"]+"$', f'WORKER_VERSION = "{version}"', script_path.read_text(), flags=re.M
+    )
+    assert count == 1
+    return text
 
 
 # ----------------------------------------------------------------- 1. self-update
@@ -156,10 +162,10 @@ def test_it_refuses_an_update_that_is_not_newer_before_writing_anything(sw, tmp_
     assert paths.script.read_text() == "old copy" and os.listdir(tmp_path) == ["statsbot_worker.py"]
 
 
-def test_it_shows_the_sha256_before_the_new_code_runs_and_keeps_the_previous_copy(sw, tmp_path):
+def test_it_shows_the_sha256_before_the_new_code_runs_and_keeps_the_previous_copy(sw, tmp_path, newer_version):
     paths = sw.Paths(tmp_path)
     paths.script.write_text('WORKER_VERSION = "1.0.0"\n')
-    new = 'WORKER_VERSION = "1.1.0"\n'
+    new = f'WORKER_VERSION = "{newer_version}"\n'  # newer than the running script (install_update's default)
     events = []
 
     def check(candidate):
@@ -172,17 +178,17 @@ def test_it_shows_the_sha256_before_the_new_code_runs_and_keeps_the_previous_cop
         announce=lambda v, d: events.append(("announce", v, d)),
         check=check,
     )
-    assert (version, digest) == ("1.1.0", hashlib.sha256(new.encode()).hexdigest())
-    assert events == [("announce", "1.1.0", digest), ("check", new)]  # the hash is shown first
+    assert (version, digest) == (newer_version, hashlib.sha256(new.encode()).hexdigest())
+    assert events == [("announce", newer_version, digest), ("check", new)]  # the hash is shown first
     assert (
         paths.script.read_text() == new and paths.previous_script.read_text() == 'WORKER_VERSION = "1.0.0"\n'
     )
 
 
-def test_it_installs_nothing_when_the_new_version_fails_its_self_check(sw, tmp_path):
+def test_it_installs_nothing_when_the_new_version_fails_its_self_check(sw, tmp_path, newer_version):
     paths = sw.Paths(tmp_path)
     paths.script.write_text('WORKER_VERSION = "1.0.0"\n')
-    broken = 'WORKER_VERSION = "1.1.0"\nimport sys\nprint("cannot start: no module named foo")\nsys.exit(4)\n'
+    broken = f'WORKER_VERSION = "{newer_version}"\nimport sys\nprint("cannot start: no module named foo")\nsys.exit(4)\n'
     with pytest.raises(sw.UpdateError, match=r"self-check \(exit code 4\): cannot start"):
         sw.install_update(
             "http://x/worker",
@@ -195,55 +201,55 @@ def test_it_installs_nothing_when_the_new_version_fails_its_self_check(sw, tmp_p
 
 
 async def test_it_announces_the_update_on_the_terminal_before_restarting(
-    sw, make_client, fake_server, settings, script_path
+    sw, make_client, fake_server, settings, script_path, current_version, newer_version
 ):
-    fake_server.script_text = _new_version_script(script_path)
+    fake_server.script_text = _new_version_script(script_path, newer_version)
     settings.auto_update = True
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     outcome = await asyncio.wait_for(task, 60)
     assert outcome.kind == "reexec"
     terminal = client.console.stream.getvalue()
     digest = hashlib.sha256(fake_server.script_text.encode()).hexdigest()
-    assert f"Updating worker 1.0.0 \u2192 1.0.1 from {fake_server.http_url} (SHA-256 {digest})" in terminal
+    assert f"Updating worker {current_version} \u2192 {newer_version} from {fake_server.http_url} (SHA-256 {digest})" in terminal
     assert settings.paths.script.read_text() == fake_server.script_text
 
 
 async def test_it_refuses_a_redirected_update_and_an_offer_that_is_not_newer(
-    sw, make_client, fake_server, settings, script_path
+    sw, make_client, fake_server, settings, script_path, current_version, newer_version
 ):
-    fake_server.script_text = _new_version_script(script_path)
+    fake_server.script_text = _new_version_script(script_path, newer_version)
     fake_server.redirect_to = fake_server.http_url + "?evil"
     settings.auto_update = True
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     await _roundtrip(fake_server, ws, "after-redirect")
     assert any("Update failed" in line and "redirect" in line for line in client.console.lines)
     assert fake_server.downloads == 1 and not settings.paths.script.exists()
-    await ws.send(json.dumps({"type": "update", "latest_version": "1.0.0"}))
+    await ws.send(json.dumps({"type": "update", "latest_version": current_version}))
     await _roundtrip(fake_server, ws, "after-same")
-    assert any("Ignoring an update to version 1.0.0" in line for line in client.console.lines)
+    assert any(f"Ignoring an update to version {current_version}" in line for line in client.console.lines)
     assert fake_server.downloads == 1 and len(fake_server.auths) == 1
     await _stop(client, task)
 
 
 async def test_it_only_announces_an_update_unless_auto_update_is_on(
-    sw, make_client, fake_server, settings, script_path
+    sw, make_client, fake_server, settings, script_path, current_version, newer_version
 ):
-    fake_server.script_text = _new_version_script(script_path)
+    fake_server.script_text = _new_version_script(script_path, newer_version)
     assert settings.auto_update is False  # the default
     client = make_client()
     task = asyncio.create_task(client.run())
     ws = await fake_server.connection()
     for job_id in ("j1", "j2"):  # offered on every connection: said once
-        await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+        await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
         await _roundtrip(fake_server, ws, job_id)
     offers = [line for line in client.console.lines if "Update available" in line]
-    assert len(offers) == 1 and "1.0.0 \u2192 1.0.1" in offers[0]
+    assert len(offers) == 1 and f"{current_version} \u2192 {newer_version}" in offers[0]
     assert f"python3 {settings.paths.script} --update" in offers[0] and "--auto-update" in offers[0]
     assert fake_server.downloads == 0 and not settings.paths.script.exists()
     await _stop(client, task)

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,12 @@ def _ok(result):
 
 
 def _versioned(script_path, version):
-    return script_path.read_text().replace('WORKER_VERSION = "1.0.0"', f'WORKER_VERSION = "{version}"')
+    """The script under test with its WORKER_VERSION line set to ``version``."""
+    text, count = re.subn(
+        r'^WORKER_VERSION = "[^"]+"$', f'WORKER_VERSION = "{version}"', script_path.read_text(), flags=re.M
+    )
+    assert count == 1
+    return text
 
 
 # ----------------------------------------------------------------- the real worker as a process
@@ -140,15 +146,15 @@ async def test_it_never_downloads_an_update_offered_from_another_path_of_its_ser
 
 
 async def test_it_only_announces_an_update_unless_the_user_opted_in(
-    fake_server, worker, worker_home, script_path
+    fake_server, worker, worker_home, script_path, current_version, newer_version
 ):
-    fake_server.script_text = _versioned(script_path, "1.1.0")
+    fake_server.script_text = _versioned(script_path, newer_version)
     proc = await worker("--token", "good-token")
     ws = await proc.connected()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.1.0"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     await _job(fake_server, ws, "after", "list_models")
     out = await proc.stop(ws)
-    assert "Update available 1.0.0 \u2192 1.1.0" in out
+    assert f"Update available {current_version} \u2192 {newer_version}" in out
     assert f"python3 {worker_home / 'statsbot_worker.py'} --update" in out
     assert "/worker" not in fake_server.http_requests and fake_server.downloads == 0
     assert (worker_home / "statsbot_worker.py").read_bytes() == script_path.read_bytes()
@@ -156,31 +162,31 @@ async def test_it_only_announces_an_update_unless_the_user_opted_in(
 
 
 async def test_it_updates_itself_when_opted_in_and_keeps_the_previous_copy(
-    fake_server, worker, worker_home, script_path
+    fake_server, worker, worker_home, script_path, current_version, newer_version
 ):
-    new = _versioned(script_path, "1.0.1")
+    new = _versioned(script_path, newer_version)
     fake_server.script_text = new
     proc = await worker("--auto-update", env={"STATSBOT_TOKEN": "good-token"})
     ws = await proc.connected()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     ws = await proc.connected()  # the same process, now running the new version
     second = fake_server.auths[1]
-    assert second["machine"]["worker_version"] == "1.0.1"
+    assert second["machine"]["worker_version"] == newer_version
     assert second["credential"] == "cred-1" and "token" not in second  # the used token is not tried again
     out = await proc.stop(ws)
     digest = hashlib.sha256(new.encode()).hexdigest()
-    assert f"Updating worker 1.0.0 \u2192 1.0.1 from {fake_server.http_url} (SHA-256 {digest})" in out
+    assert f"Updating worker {current_version} \u2192 {newer_version} from {fake_server.http_url} (SHA-256 {digest})" in out
     assert (worker_home / "statsbot_worker.py").read_text() == new
     assert (worker_home / "statsbot_worker.previous.py").read_bytes() == script_path.read_bytes()
 
 
-def _fails_to_start(script_path):
-    """Version 1.0.1 that passes its --self-check (which stops before connecting) but exits with 7."""
+def _fails_to_start(script_path, version):
+    """A newer version that passes its --self-check (which stops before connecting) but exits with 7."""
     start_line = (
         "        client = WorkerClient(settings, store, console, versions=versions, reexec_argv=argv_again)\n"
     )
     assert start_line in script_path.read_text()
-    return _versioned(script_path, "1.0.1").replace(start_line, "        raise SystemExit(7)\n")
+    return _versioned(script_path, version).replace(start_line, "        raise SystemExit(7)\n")
 
 
 async def _update_command(script, server, home):
@@ -200,61 +206,63 @@ async def _update_command(script, server, home):
     return out
 
 
-async def test_it_rolls_back_an_update_that_fails_to_start(fake_server, worker, worker_home, script_path):
-    broken = _fails_to_start(script_path)
+async def test_it_rolls_back_an_update_that_fails_to_start(
+    fake_server, worker, worker_home, script_path, current_version, newer_version
+):
+    broken = _fails_to_start(script_path, newer_version)
     fake_server.script_text = broken
     proc = await worker("--token", "good-token", "--auto-update")
     ws = await proc.connected()
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     ws = await proc.connected()  # rolled back: the previous version connects again
-    assert [a["machine"]["worker_version"] for a in fake_server.auths] == ["1.0.0", "1.0.0"]
-    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": "1.0.1"}))
+    assert [a["machine"]["worker_version"] for a in fake_server.auths] == [current_version, current_version]
+    await ws.send(json.dumps({"type": "update", "url": fake_server.http_url, "latest_version": newer_version}))
     await _job(fake_server, ws, "after", "list_models")
     out = await proc.stop(ws)
     assert "Self-check" not in out  # the self-check passed quietly
-    assert "exited with code 7 before it connected, so the update was rolled back to 1.0.0" in out
+    assert f"exited with code 7 before it connected, so the update was rolled back to {current_version}" in out
     assert "it failed to start here before and was rolled back" in out
     assert fake_server.downloads == 1  # the failed version is not tried again automatically
     assert (worker_home / "statsbot_worker.py").read_bytes() == script_path.read_bytes()
     assert (worker_home / "statsbot_worker.failed.py").read_text() == broken
-    assert json.loads((worker_home / "config.json").read_text())["update_failed_version"] == "1.0.1"
+    assert json.loads((worker_home / "config.json").read_text())["update_failed_version"] == newer_version
 
 
 async def test_it_updates_on_the_users_command_and_a_running_worker_switches_to_it(
-    fake_server, worker, worker_home, script_path
+    fake_server, worker, worker_home, script_path, newer_version
 ):
     fake_server.heartbeat_interval = 1
-    new = _versioned(script_path, "1.0.1")
+    new = _versioned(script_path, newer_version)
     fake_server.script_text = new
     proc = await worker("--token", "good-token")
     await proc.connected()
     out = await _update_command(script_path, fake_server, worker_home)
-    assert f"SHA-256 {hashlib.sha256(new.encode()).hexdigest()}" in out and "Installed worker 1.0.1" in out
+    assert f"SHA-256 {hashlib.sha256(new.encode()).hexdigest()}" in out and f"Installed worker {newer_version}" in out
     ws = await proc.connected()  # the running worker noticed the new copy and restarted with it
-    assert fake_server.auths[-1]["machine"]["worker_version"] == "1.0.1"
+    assert fake_server.auths[-1]["machine"]["worker_version"] == newer_version
     await proc.stop(ws)
     assert (worker_home / "statsbot_worker.previous.py").read_bytes() == script_path.read_bytes()
 
 
 async def test_it_rolls_back_an_update_installed_by_command_that_fails_when_started(
-    fake_server, worker, worker_home, script_path
+    fake_server, worker, worker_home, script_path, current_version, newer_version
 ):
     proc = await worker("--token", "good-token")  # connected once: credential and saved copy
     await proc.stop(await proc.connected())
-    fake_server.script_text = _fails_to_start(script_path)
+    fake_server.script_text = _fails_to_start(script_path, newer_version)
     await _update_command(script_path, fake_server, worker_home)
     saved = worker_home / "statsbot_worker.py"
     proc = await worker(script=saved)  # the user starts the new copy (or autostart does)
     ws = await proc.connected()
-    assert fake_server.auths[-1]["machine"]["worker_version"] == "1.0.0"
+    assert fake_server.auths[-1]["machine"]["worker_version"] == current_version
     out = await proc.stop(ws)
-    assert "exited with code 7 before it connected, so the update was rolled back to 1.0.0" in out
+    assert f"exited with code 7 before it connected, so the update was rolled back to {current_version}" in out
     assert saved.read_bytes() == script_path.read_bytes()
     config = json.loads((worker_home / "config.json").read_text())
-    assert config["update_failed_version"] == "1.0.1" and "update_probation" not in config
+    assert config["update_failed_version"] == newer_version and "update_probation" not in config
 
 
-def test_it_says_when_it_is_up_to_date_and_refuses_a_failing_update(tmp_path, script_path):
+def test_it_says_when_it_is_up_to_date_and_refuses_a_failing_update(tmp_path, script_path, newer_version):
     """--update against a server that offers the same version, then one that cannot start here."""
     import http.server
     import threading
@@ -290,7 +298,7 @@ def test_it_says_when_it_is_up_to_date_and_refuses_a_failing_update(tmp_path, sc
 
         same = update()
         assert same.returncode == 0 and "This worker is up to date" in same.stdout, same.stdout
-        served["text"] = _versioned(script_path, "1.0.1").replace(
+        served["text"] = _versioned(script_path, newer_version).replace(
             "    if args.self_check:\n        return self_check(args)\n",
             "    if args.self_check:\n        raise SystemExit('no module named statsbot_helpers')\n",
         )
@@ -303,11 +311,11 @@ def test_it_says_when_it_is_up_to_date_and_refuses_a_failing_update(tmp_path, sc
         server.server_close()
 
 
-def test_it_passes_its_self_check_only_with_its_packages(tmp_path, script_path):
+def test_it_passes_its_self_check_only_with_its_packages(tmp_path, script_path, current_version):
     env = dict(os.environ, STATSBOT_HOME=str(tmp_path / "h"))
     args = [str(script_path), "--self-check", "--server", "ws://127.0.0.1:9"]
     ok = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and "Self-check passed: statsbot-worker 1.0.0" in ok.stdout, ok.stdout
+    assert ok.returncode == 0 and f"Self-check passed: statsbot-worker {current_version}" in ok.stdout, ok.stdout
     bare = subprocess.run(
         [sys.executable, "-S", "-I", *args], env=env, capture_output=True, text=True, timeout=60
     )

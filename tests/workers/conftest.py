@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from accounts.models import Account
 from statsbot_site.asgi import application
 from workers.models import ConnectToken
+from workers.script import latest_version
 
 MACHINE = {
     "machine_id": "m-1",
@@ -19,7 +21,7 @@ MACHINE = {
     "platform": "Linux",
     "os_release": "6.1",
     "python": "3.11.7",
-    "worker_version": "1.0.0",
+    "worker_version": latest_version(),  # up to date: no update offered
     "packages": {"pandas": "2.2.3", "lightgbm": "4.5.0"},
     "models": ["lightgbm", "random_forest", "linear"],
 }
@@ -35,10 +37,32 @@ def auth_frame(*, token: str | None = None, credential: str | None = None, **ext
     return frame
 
 
+_created: list[WebsocketCommunicator] = []
+
+
 def communicator(address: str = "10.0.0.1") -> WebsocketCommunicator:
     comm = WebsocketCommunicator(application, "/ws/worker/")
     comm.scope["client"] = (address, 5555)
+    _created.append(comm)
     return comm
+
+
+@pytest.fixture(autouse=True)
+async def _disconnect_every_communicator() -> AsyncIterator[None]:
+    """Every consumer a test started ends by a disconnect, as a real socket's does. A consumer left
+    running is cancelled by the loop's shutdown instead, mid-wait on the Redis layer, and that
+    wait holds the test's teardown (PostgreSQL + Redis pass)."""
+    yield
+    loop = asyncio.get_running_loop()
+    while _created:
+        comm = _created.pop()
+        future = getattr(comm, "future", None)
+        if future is None or future.done() or future.get_loop() is not loop:
+            continue  # never started, already over, or run by a loop of its own (hypothesis tests)
+        try:
+            await comm.disconnect()
+        except (Exception, asyncio.CancelledError):  # the test already saw it end
+            pass
 
 
 @pytest.fixture
@@ -65,3 +89,17 @@ def _fresh_throttle():
     throttle._failures.clear()
     yield
     throttle._failures.clear()
+
+
+@pytest.fixture
+def pauses(monkeypatch) -> list[float]:
+    """What the consumer was asked to wait (the clock is the boundary; nothing really sleeps)."""
+    asked: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        asked.append(seconds)
+
+    from workers import consumers
+
+    monkeypatch.setattr(consumers, "pause", pause)
+    return asked

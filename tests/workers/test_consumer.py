@@ -13,6 +13,7 @@ from jobs.models import Job
 from jobs.services import cancel_job, submit_job
 from tests.workers.conftest import auth_frame, communicator
 from workers.models import Worker
+from workers.presence import presence
 from workers.protocol import CloseCode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,7 +95,7 @@ async def test_it_closes_a_connection_whose_first_frame_is_not_auth(open_sockets
     assert (await comm.receive_output(timeout=5))["code"] == CloseCode.BAD_AUTH_FRAME
 
 
-async def test_it_slows_down_and_then_refuses_repeated_failures(open_sockets):
+async def test_it_slows_down_and_then_refuses_repeated_failures(open_sockets, pauses):
     from workers.consumers import throttle
 
     for _ in range(throttle.LIMIT):
@@ -241,26 +242,71 @@ async def test_it_tells_an_outdated_worker_to_update(account, connect_token, ope
     assert update["type"] == "update" and update["url"].endswith("/worker")
 
 
-async def test_it_looks_at_the_database_on_every_heartbeat(account, connect_token, open_sockets):
-    """A job whose doorbell never rang (expired group, lost message) still goes out on the next ping."""
+async def test_it_dispatches_a_job_whose_doorbell_never_rang_on_the_safety_flush(account, connect_token,
+                                                                                   open_sockets):
+    """A job whose doorbell never rang (expired group, lost message) still goes out: the batched
+    presence flush (every 20 s) finds the accounts with queued jobs."""
     comm, _ = await connected(account, connect_token, open_sockets)
-    await comm.send_json_to({"type": "ping"})
+    await comm.send_json_to({"type": "ping"})  # answered once the connect's own dispatch check is done
     assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
     job = await database_sync_to_async(Job.objects.create)(account=account, action=Job.Action.LIST_MODELS)
     await comm.send_json_to({"type": "ping"})
-    frames = [await comm.receive_json_from(timeout=5) for _ in range(2)]
-    assert {"type": "pong"} in frames
-    assert [f["job_id"] for f in frames if f["type"] == "job"] == [str(job.id)]
+    assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+    assert await comm.receive_nothing(timeout=0.3)  # a ping alone does not look at the database
+    findings = await presence().flush()
+    assert findings.queued_accounts == {account.pk}
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["type"] == "job" and frame["job_id"] == str(job.id)
 
 
-async def test_it_closes_a_revoked_worker_on_its_next_heartbeat(account, connect_token, open_sockets):
+async def test_it_answers_pings_without_touching_the_database(account, connect_token, open_sockets, monkeypatch):
+    import channels.consumer
+
+    comm, response = await connected(account, connect_token, open_sockets)
+    before = await database_sync_to_async(Worker.objects.get)(pk=response["worker_id"])
+    hops = []  # Channels' own dispatch sends every message through a thread to close stale connections
+
+    async def close_old_connections() -> None:
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", close_old_connections)
+    for _ in range(5):
+        await comm.send_json_to({"type": "ping"})
+        assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+    assert hops == []  # not even a thread hop per ping
+    monkeypatch.undo()
+    unchanged = await database_sync_to_async(Worker.objects.get)(pk=response["worker_id"])
+    assert unchanged.last_seen_at == before.last_seen_at  # no write per ping
+    await presence().flush()  # heartbeats are written in one batch
+    after = await database_sync_to_async(Worker.objects.get)(pk=response["worker_id"])
+    assert after.last_seen_at > before.last_seen_at
+
+
+async def test_it_closes_a_revoked_worker_on_the_safety_flush(account, connect_token, open_sockets):
+    """The revoke ring closes it at once; a lost ring is caught by the next presence flush."""
     comm, response = await connected(account, connect_token, open_sockets)
     await database_sync_to_async(Worker.objects.filter(pk=response["worker_id"]).update)(
         revoked_at=timezone.now())
-    await comm.send_json_to({"type": "ping"})
-    assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+    findings = await presence().flush()
+    assert findings.revoked == {response["worker_id"]}
     assert (await comm.receive_json_from(timeout=5))["type"] == "revoked"
     assert (await comm.receive_output(timeout=5))["code"] == CloseCode.REVOKED
+
+
+async def test_it_takes_its_channel_back_after_the_stale_sweep_cleared_it(account, connect_token, open_sockets):
+    """A process too busy to record heartbeats saw its worker marked disconnected: the next
+    flush puts the live connection back, and the user hears "reconnected" after a notice."""
+    from workers.services import announce_disconnects
+
+    comm, response = await connected(account, connect_token, open_sockets)
+    await database_sync_to_async(Worker.objects.filter(pk=response["worker_id"]).update)(
+        channel_name="", disconnected_at=timezone.now() - timezone.timedelta(minutes=5))
+    assert await database_sync_to_async(announce_disconnects)(30) == 1
+    findings = await presence().flush()
+    assert findings.lost_channel == {response["worker_id"]}
+    worker = await database_sync_to_async(Worker.objects.get)(pk=response["worker_id"])
+    assert worker.is_online and worker.disconnect_notified_at is None
+    assert [e["event"] for e in await outbox_events(account)] == ["connected", "disconnected", "reconnected"]
 
 
 async def test_it_acknowledges_a_repeated_failed_result(account, connect_token, open_sockets):
@@ -295,9 +341,9 @@ async def test_it_refuses_a_worker_revoked_while_it_connects(account, connect_to
     await comm.disconnect()
     original = consumers._connect
 
-    def revoke_then_connect(worker, channel_name):
+    def revoke_then_connect(worker, channel_name, machine=None):
         Worker.objects.filter(pk=worker.pk).update(revoked_at=timezone.now())  # lands between load and save
-        return original(worker, channel_name)
+        return original(worker, channel_name, machine)
 
     consumers._connect = revoke_then_connect
     try:

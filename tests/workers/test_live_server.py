@@ -27,6 +27,7 @@ from django.db import connection
 
 from jobs.models import Job
 from jobs.services import submit_job
+from statsbot_site.config import redis_channel_layer
 from tests.bot.conftest import free_port
 from tests.workers.conftest import MACHINE
 from workers.models import ConnectToken, Worker
@@ -58,8 +59,7 @@ def redis_layer(settings) -> str:
     url = reachable_redis_url()
     if url is None:
         pytest.skip("no Redis answers at REDIS_URL or TEST_REDIS_URL (redis://127.0.0.1:6379/15)")
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [url]}}}
+    settings.CHANNEL_LAYERS = {"default": redis_channel_layer(url)}
     return url
 
 

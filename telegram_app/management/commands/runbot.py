@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 from typing import Any
 
 from django.conf import settings
@@ -39,6 +41,7 @@ class Command(BaseCommand):
         migrate = settings.DEBUG if options["migrate"] is None else options["migrate"]
         if options["webhook"] and not settings.TELEGRAM_WEBHOOK_SECRET:
             raise CommandError("--webhook needs TELEGRAM_WEBHOOK_SECRET (and an https PUBLIC_URL).")
+        self._check_ports(options)  # before anything starts: one clear line instead of a traceback later
         if migrate:
             call_command("migrate", interactive=False, verbosity=0)
         if options["web"] and "PUBLIC_URL" not in os.environ:
@@ -52,6 +55,18 @@ class Command(BaseCommand):
             sandbox_port=options["sandbox_port"],
         )
         asyncio.run(self._serve(run))
+
+    def _check_ports(self, options: dict[str, Any]) -> None:
+        wanted = []
+        if options["web"]:
+            wanted.append((options["host"], options["port"], "web app", "--port (or $PORT)"))
+        if settings.TELEGRAM_USE_SANDBOX:
+            wanted.append(("127.0.0.1", options["sandbox_port"], "Telegram sandbox", "--sandbox-port"))
+        for host, port, what, option in wanted:
+            problem = port_problem(host, port)
+            if problem:
+                raise CommandError(f"Cannot serve the {what} on {host}:{port} ({problem}); "
+                                   f"stop what uses it or pick another port with {option}.")
 
     async def _serve(self, options: RunOptions) -> None:
         runtime = BotRuntime(options)
@@ -75,3 +90,31 @@ class Command(BaseCommand):
             self.stdout.write("Open it in a browser, pick a name and send /start. Ctrl-C stops everything.")
         else:
             self.stdout.write(f"Bot running against {'the configured Bot API' if settings.TELEGRAM_API_URL else 'Telegram'}.")
+
+
+def port_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on ("" when it can). Port 0 (any free port) always can.
+
+    The check binds and closes at once, the way the servers bind later (``SO_REUSEADDR``), so a port
+    in ``TIME_WAIT`` is not reported busy while one another process listens on is.
+    """
+    if port == 0:
+        return ""
+    if not 0 < port < 65536:
+        return "not a port number"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"unknown address: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is already in use"
+            if exc.errno == errno.EACCES:
+                return "permission denied: ports below 1024 need root"
+            return exc.strerror or str(exc)
+    return ""
