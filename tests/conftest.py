@@ -6,6 +6,7 @@ import itertools
 import os
 
 import pytest
+from channels.layers import channel_layers
 from django.test import Client
 
 from accounts.models import Account
@@ -33,6 +34,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.fixture(autouse=True)
+def _channel_layer_per_test() -> None:
+    """Each test gets its own channel layer, as it gets its own event loops. channels_redis refuses
+    a ``receive()`` from a second event loop while another loop's is pending, so a test that left one
+    behind (a runtime that did not stop in time) would otherwise fail every later test that receives,
+    and the first failure would drown among theirs. Channels resets it the same way when settings change."""
+    channel_layers.backends = {}
 
 
 @pytest.fixture

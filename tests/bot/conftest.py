@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -62,7 +64,7 @@ class RunningBot:
     def start(self) -> RunningBot:
         self._thread.start()
         if not self._ready.wait(30):
-            raise AssertionError("the bot runtime did not start within 30 s")
+            raise AssertionError(f"the bot runtime did not start within 30 s\n{_stacks()}")
         if self._error is not None:
             raise AssertionError(f"the bot runtime failed to start: {self._error!r}") from self._error
         return self
@@ -73,10 +75,12 @@ class RunningBot:
         return future.result(30)
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return  # stopped already (a test that stops it itself)
         if self.loop is not None and self.runtime is not None:
             self.loop.call_soon_threadsafe(self.runtime.stop_event.set)
         self._thread.join(30)
-        assert not self._thread.is_alive(), "the bot runtime did not stop within 30 s"
+        assert not self._thread.is_alive(), f"the bot runtime did not stop within 30 s\n{_stacks(self.loop)}"
 
     @property
     def sandbox_url(self) -> str:
@@ -85,6 +89,23 @@ class RunningBot:
     @property
     def web_url(self) -> str:
         return self.runtime.web_url
+
+
+def _stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """Where every thread and the runtime's tasks are: what a start or stop that hangs waits on."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    threads = [
+        f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    ]
+    tasks = []
+    for task in list(asyncio.all_tasks(loop)) if loop is not None and not loop.is_closed() else []:
+        frames = task.get_stack()
+        tasks.append(
+            f"--- task {task.get_name()}\n"
+            + "".join(traceback.format_list(traceback.extract_stack(frames[-1]) if frames else []))
+        )
+    return "\n".join(threads + tasks)
 
 
 @pytest.fixture

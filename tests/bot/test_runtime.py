@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +20,7 @@ from accounts.models import Account
 from jobs.models import Job
 from telegram_app.runtime import RunOptions
 from tests.bot.conftest import RunningBot, free_port
-from tests.bot.scripted_worker import ScriptedWorker
+from tests.bot.scripted_worker import MACHINE, ScriptedWorker
 from tg_sandbox.testing import SandboxDriver
 from workers.models import ConnectToken
 
@@ -140,3 +144,32 @@ def test_it_runs_from_the_command_line_and_stops_cleanly_on_sigterm(tmp_path):
     assert process.returncode == 0, "".join(lines) + (out or "")
     assert "Stopped cleanly." in out
     assert django_settings.TELEGRAM_USE_SANDBOX
+
+
+def test_it_stops_while_a_connected_worker_has_gone_silent(running_bot, account):
+    """A worker whose machine froze never answers the close: stopping still ends (the web server's
+    grace, then its tasks are cancelled), and the worker's row is left as the runtime last knew it."""
+    _, token = running_bot.call(ConnectToken.issue, account)
+    host, port = running_bot.web_url.removeprefix("http://").split(":")
+    silent = socket.create_connection((host, int(port)))
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        silent.sendall(
+            f"GET /ws/worker/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert b" 101 " in silent.recv(4096).split(b"\r\n")[0]
+        silent.sendall(_masked_text(json.dumps({"type": "auth", "token": token, "machine": MACHINE, "running_jobs": []})))
+        assert b'"success": true' in silent.recv(4096).replace(b'"success":true', b'"success": true')
+        # From here the worker reads nothing and answers nothing: a frozen machine, a dead NAT.
+        running_bot.stop()  # raises if the runtime is still running after 30 s
+    finally:
+        silent.close()
+
+
+def _masked_text(text: str) -> bytes:
+    """One client-to-server WebSocket text frame (RFC 6455: clients mask what they send)."""
+    payload, mask = text.encode(), os.urandom(4)
+    length = len(payload)
+    header = struct.pack("!BB", 0x81, 0x80 | length) if length < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
