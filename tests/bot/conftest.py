@@ -105,7 +105,8 @@ def _stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
             f"--- task {task.get_name()}\n"
             + "".join(traceback.format_list(traceback.extract_stack(frames[-1]) if frames else []))
         )
-    return "\n".join(threads + tasks)
+    pool = getattr(connections["default"], "pool", None)  # PostgreSQL: is the pool exhausted?
+    return "\n".join(threads + tasks + ([f"--- database pool {pool.get_stats()}"] if pool is not None else []))
 
 
 @pytest.fixture
